@@ -1,0 +1,190 @@
+"""Building blocks and validation of avloc configs.
+
+`configs/*.py` compose these blocks in their `get_config()`; every knob of a run lives in
+the resulting `ml_collections.ConfigDict`. `validate` checks values at start-up so that a
+bad value fails before any data is read, with a message naming the field.
+"""
+
+import os
+from collections.abc import Callable
+
+import ml_collections
+
+# Prepared splits are directories `<data.root>/<split name>` written by data_prep.
+DEFAULT_DATA_ROOT = os.path.join('~', '.cache', 'avloc', 'data')
+SYNTHETIC = 'synthetic'
+
+
+class ConfigError(ValueError):
+  """A config value is invalid; the message names the field."""
+
+
+def audio_config(seconds: float) -> ml_collections.ConfigDict:
+  """Log spectrogram as the official JSA evaluation: 16 kHz, STFT 512/512/160, centered,
+  power 2, log(x + 1e-7) / 12 -> [257, 1 + seconds * 100]."""
+  return ml_collections.ConfigDict(dict(
+      sample_rate=16000,
+      seconds=seconds,
+      n_fft=512,
+      win_length=512,
+      hop_length=160,
+      log_offset=1e-7,
+      log_divisor=12.0,
+  ))
+
+
+def image_config() -> ml_collections.ConfigDict:
+  """Image preprocessing of the official releases (LVS / EZ-VSL / JSA)."""
+  return ml_collections.ConfigDict(dict(
+      size=224,  # network input, square
+      train_resize=246,  # Resize(246, bicubic) then RandomCrop(224) when training
+      flip=True,  # random horizontal flip when training
+      hard_augment=False,  # official `hard_img`: + blur, colour jitter, grayscale
+      mean=(0.485, 0.456, 0.406),  # ImageNet statistics
+      std=(0.229, 0.224, 0.225),
+  ))
+
+
+def data_config(train_split: str, audio_seconds: float) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      root=DEFAULT_DATA_ROOT,
+      train_split=train_split,
+      image=image_config(),
+      audio=audio_config(audio_seconds),
+      spec_augment=False,  # official `hard_aud`: frequency/time masks
+      spec_augment_width=10,
+      num_workers=2,  # Grain worker processes; 0 decodes in the training process
+      worker_buffer_size=2,
+      skip_bad_records=False,  # True: skip and count corrupt records instead of failing
+      synthetic=synthetic_config(),
+  ))
+
+
+def synthetic_config() -> ml_collections.ConfigDict:
+  """The embedded synthetic benchmark (data_prep/synthetic.py); used when a split name
+  starts with 'synthetic'. Generated once per distinct setting, then cached."""
+  return ml_collections.ConfigDict(dict(
+      seed=0,
+      num_classes=12,
+      image_size=160,  # stored frame size (the pipeline resizes to data.image.size)
+      audio_seconds=5.0,
+      train_size=6000,
+      test_size=500,  # single-source test set
+      multi_test_size=300,  # each of the duet / trio / mixed test sets
+      max_distractors=2,  # silent objects of other classes in the frame
+      offscreen_prob=0.3,  # probability of an extra off-screen sound in the audio
+      noise_level=0.1,  # background noise amplitude relative to the sources
+  ))
+
+
+def optim_config(name: str, lr: float, weight_decay: float) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      name=name,  # 'adam' or 'adamw'
+      learning_rate=lr,
+      weight_decay=weight_decay,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      schedule='constant',  # 'constant', 'cosine' or 'step' (x gamma every epoch)
+      step_gamma=0.9,
+      warmup_steps=0,
+      grad_clip_norm=0.0,  # 0 disables clipping
+  ))
+
+
+def train_config(batch_size: int, epochs: int) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      seed=0,
+      batch_size=batch_size,  # global, over all devices and hosts
+      epochs=epochs,
+      max_steps=0,  # > 0 stops earlier than `epochs`
+      compute_dtype='float32',  # 'bfloat16' on accelerators; params stay float32
+      log_every_steps=50,
+      checkpoint_every_steps=1000,
+      keep_checkpoints=3,
+      eval_every_steps=0,  # 0: evaluate at the end of every epoch
+  ))
+
+
+def eval_config(splits: str, best_metric: str) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      splits=splits,  # comma-separated prepared split names under data.root
+      batch_size=64,
+      # How a heatmap becomes a binary map (metrics/localization.py):
+      # 'minmax' (JSA release): min-max normalize, then `threshold`;
+      # 'median' (LVS / EZ-VSL / NoPrior): the map's median.
+      threshold_protocol='minmax',
+      threshold=0.5,
+      num_visualize=8,  # samples per split drawn into the PNG grid
+      best_metric=best_metric,  # '<split>/<metric>' that selects the best export
+      max_examples=0,  # > 0 evaluates only the first examples of each split
+  ))
+
+
+def resolve_data_root(config: ml_collections.ConfigDict) -> str:
+  return os.path.abspath(os.path.expanduser(config.data.root))
+
+
+def eval_splits(config: ml_collections.ConfigDict) -> list[str]:
+  return [s.strip() for s in config.eval.splits.split(',') if s.strip()]
+
+
+def _check(ok: bool, field: str, message: str, value) -> None:
+  if not ok:
+    raise ConfigError(f'config.{field} {message}, got {value!r}')
+
+
+def _positive(config, field):
+  value = _get(config, field)
+  _check(value > 0, field, 'must be > 0', value)
+
+
+def _get(config, field):
+  node = config
+  for part in field.split('.'):
+    if part not in node:
+      raise ConfigError(f'config.{field} is missing')
+    node = node[part]
+  return node
+
+
+def validate(config: ml_collections.ConfigDict, model_checks: Callable | None = None):
+  """Raises ConfigError naming the first invalid field of a training config."""
+  for field in (
+      'train.batch_size', 'train.epochs', 'train.log_every_steps',
+      'train.checkpoint_every_steps', 'train.keep_checkpoints', 'eval.batch_size',
+      'optim.learning_rate', 'data.image.size', 'data.image.train_resize',
+      'data.audio.sample_rate', 'data.audio.seconds', 'data.audio.n_fft',
+      'data.audio.win_length', 'data.audio.hop_length', 'data.audio.log_divisor',
+  ):
+    _positive(config, field)
+  _check(config.data.image.train_resize >= config.data.image.size,
+         'data.image.train_resize', f'must be >= data.image.size ({config.data.image.size})',
+         config.data.image.train_resize)
+  _check(config.data.audio.win_length <= config.data.audio.n_fft, 'data.audio.win_length',
+         f'must be <= data.audio.n_fft ({config.data.audio.n_fft})',
+         config.data.audio.win_length)
+  _check(config.data.num_workers >= 0, 'data.num_workers', 'must be >= 0',
+         config.data.num_workers)
+  _check(config.optim.name in ('adam', 'adamw'), 'optim.name', "must be 'adam' or 'adamw'",
+         config.optim.name)
+  _check(config.optim.schedule in ('constant', 'cosine', 'step'), 'optim.schedule',
+         "must be 'constant', 'cosine' or 'step'", config.optim.schedule)
+  _check(config.optim.weight_decay >= 0, 'optim.weight_decay', 'must be >= 0',
+         config.optim.weight_decay)
+  _check(config.optim.grad_clip_norm >= 0, 'optim.grad_clip_norm', 'must be >= 0',
+         config.optim.grad_clip_norm)
+  _check(config.train.compute_dtype in ('float32', 'bfloat16'), 'train.compute_dtype',
+         "must be 'float32' or 'bfloat16'", config.train.compute_dtype)
+  _check(config.train.max_steps >= 0, 'train.max_steps', 'must be >= 0',
+         config.train.max_steps)
+  _check(config.eval.threshold_protocol in ('minmax', 'median'), 'eval.threshold_protocol',
+         "must be 'minmax' or 'median'", config.eval.threshold_protocol)
+  _check(0.0 <= config.eval.threshold <= 1.0, 'eval.threshold', 'must be in [0, 1]',
+         config.eval.threshold)
+  _check(bool(config.data.train_split), 'data.train_split', 'must name a prepared split',
+         config.data.train_split)
+  _check('/' in config.eval.best_metric or not config.eval.best_metric, 'eval.best_metric',
+         "must look like '<split>/<metric>'", config.eval.best_metric)
+  if model_checks is not None:
+    model_checks(config)
