@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 import ml_collections
 
+from avloc.models.resnet import IMAGENET_MEAN, IMAGENET_STD
+
 # Prepared splits are directories `<data.root>/<split name>` written by data_prep.
 DEFAULT_DATA_ROOT = os.path.join('~', '.cache', 'avloc', 'data')
 SYNTHETIC = 'synthetic'
@@ -40,8 +42,8 @@ def image_config() -> ml_collections.ConfigDict:
       train_resize=246,  # Resize(246, bicubic) then RandomCrop(224) when training
       flip=True,  # random horizontal flip when training
       hard_augment=False,  # official `hard_img`: + blur, colour jitter, grayscale
-      mean=(0.485, 0.456, 0.406),  # ImageNet statistics
-      std=(0.229, 0.224, 0.225),
+      mean=IMAGENET_MEAN,  # normalization inside the image encoder
+      std=IMAGENET_STD,
   ))
 
 

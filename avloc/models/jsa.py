@@ -10,7 +10,7 @@ import functools
 import flax.linen as nn
 import jax.numpy as jnp
 
-from avloc.models.resnet import AudioEncoder, ImageEncoder
+from avloc.models.resnet import IMAGENET_MEAN, IMAGENET_STD, AudioEncoder, ImageEncoder
 from avloc.models.slot_attention import JointSlotAttention, SlotDecoder, slot_attention_weights
 
 
@@ -20,7 +20,7 @@ def iqr(cross_modal, intra_modal, alpha):
 
 
 class JSA(nn.Module):
-  """Joint slot attention model. image [B, H, W, 3], spectrogram [B, F, T, 1]."""
+  """Joint slot attention model. uint8 image [B, H, W, 3], spectrogram [B, F, T, 1]."""
 
   dim: int = 512
   width: int = 64
@@ -34,10 +34,13 @@ class JSA(nn.Module):
   softmax_eps: float = 1e-8
   decoder_hidden_layers: int = 3
   infer_sharpening: float = 1.0
+  image_mean: tuple[float, ...] = IMAGENET_MEAN
+  image_std: tuple[float, ...] = IMAGENET_STD
   dtype: jnp.dtype = jnp.float32
 
   def setup(self):
-    self.image_encoder = ImageEncoder(self.dim, self.width, self.stem_pool, self.dtype)
+    self.image_encoder = ImageEncoder(
+        self.dim, self.width, self.stem_pool, self.image_mean, self.image_std, self.dtype)
     self.audio_encoder = AudioEncoder(
         self.dim, self.width, self.stem_pool, 'frequency_max', self.dtype)
     self.slot_attention = JointSlotAttention(

@@ -74,18 +74,28 @@ class ResNet18(nn.Module):
     return x
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
 class ImageEncoder(nn.Module):
-  """f_v: image [B, H, W, 3] -> features [B, h, w, dim] (ResNet-18 + 1x1 conv, bias)."""
+  """f_v: uint8 image [B, H, W, 3] -> features [B, h, w, dim] (ResNet-18 + 1x1 conv, bias).
+
+  Pixels are scaled to [0, 1] and normalized by `mean` / `std` here (torchvision's
+  ToTensor + Normalize), so every caller feeds the same uint8 images.
+  """
 
   dim: int = 512
   width: int = 64
   stem_pool: bool = True
+  mean: tuple[float, ...] = IMAGENET_MEAN
+  std: tuple[float, ...] = IMAGENET_STD
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, image, train: bool):
-    x = ResNet18(self.width, stem_pool=self.stem_pool, dtype=self.dtype, name='trunk')(
-        image, train)
+    x = (image.astype(jnp.float32) / 255.0 - jnp.asarray(self.mean)) / jnp.asarray(self.std)
+    x = ResNet18(self.width, stem_pool=self.stem_pool, dtype=self.dtype, name='trunk')(x, train)
     return _conv(self.dim, 1, 1, 0, self.dtype, 'projection', use_bias=True)(x)
 
 

@@ -1,0 +1,67 @@
+"""Device mesh, batch placement and multi-host start-up for data-parallel training.
+
+One mesh axis, 'data', spans every device of every process: parameters are replicated
+and batches are split along their leading axis. Losses that contrast samples (InfoNCE,
+k-reciprocal neighbours, AVC negatives) see the global batch: under `jax.jit` XLA inserts
+the collectives, so an N-device step computes the same function as a 1-device step.
+"""
+
+import os
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = 'data'
+
+def initialize_distributed(mode: str) -> None:
+  """Calls `jax.distributed.initialize()` for multi-process runs.
+
+  mode 'auto' initializes when a multi-process launcher is detected (a TPU pod slice with
+  several hosts, SLURM or MPI with several tasks, or an explicit coordinator address);
+  'on' always, 'off' never. Must run before any other JAX call.
+  """
+  if mode not in ('auto', 'on', 'off'):
+    raise ValueError(f"--distributed must be 'auto', 'on' or 'off', got {mode!r}")
+  if mode == 'off':
+    return
+  if mode == 'auto':
+    hosts = os.environ.get('TPU_WORKER_HOSTNAMES', '')
+    several = (
+        'JAX_COORDINATOR_ADDRESS' in os.environ
+        or len([h for h in hosts.split(',') if h]) > 1
+        or int(os.environ.get('SLURM_NTASKS', '1')) > 1
+        or int(os.environ.get('OMPI_COMM_WORLD_SIZE', '1')) > 1
+    )
+    if not several:
+      return
+  jax.distributed.initialize()
+
+
+def make_mesh(devices=None) -> Mesh:
+  """A 1-D mesh over all devices (of all processes) with the 'data' axis."""
+  devices = jax.devices() if devices is None else devices
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) axis split over 'data', other axes whole."""
+  return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def check_batch_size(global_batch_size: int, mesh: Mesh, field: str) -> None:
+  if global_batch_size % mesh.size or global_batch_size % jax.process_count():
+    raise ValueError(
+        f'config.{field}={global_batch_size} must be divisible by the number of devices '
+        f'({mesh.size}) and processes ({jax.process_count()})')
+
+
+def global_batch(local_batch: dict, mesh: Mesh) -> dict:
+  """This process's share of a batch (numpy) -> global jax.Arrays sharded on 'data'."""
+  sharding = batch_sharded(mesh)
+  return {name: jax.make_array_from_process_local_data(sharding, np.asarray(value))
+          for name, value in local_batch.items()}

@@ -1,0 +1,27 @@
+"""Bicubic upsampling of localization maps equals PyTorch's F.interpolate(bicubic)."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from avloc.models import upsample
+
+
+@pytest.mark.parametrize('in_shape,out_shape', [((7, 7), (224, 224)), ((7, 14), (224, 448)),
+                                                ((4, 5), (9, 13)), ((6, 6), (3, 3))])
+def test_matches_torch_bicubic(in_shape, out_shape):
+  torch = pytest.importorskip('torch')
+  maps = np.random.default_rng(0).random((2,) + in_shape).astype(np.float32)
+  expected = torch.nn.functional.interpolate(
+      torch.from_numpy(maps)[:, None], size=out_shape, mode='bicubic', align_corners=False)
+  np.testing.assert_allclose(upsample.upsample_bicubic(maps, out_shape),
+                             expected[:, 0].numpy(), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(upsample.upsample_bicubic(jnp.asarray(maps), out_shape),
+                             expected[:, 0].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_interpolation_rows_sum_to_one_and_constant_maps_stay_constant():
+  matrix = upsample.bicubic_matrix(7, 224)
+  np.testing.assert_allclose(matrix.sum(1), 1.0, atol=1e-12)
+  np.testing.assert_allclose(upsample.upsample_bicubic(np.full((1, 7, 7), 0.3), (50, 60)), 0.3,
+                             rtol=1e-6)
