@@ -5,6 +5,7 @@ the resulting `ml_collections.ConfigDict`. `validate` checks values at start-up 
 bad value fails before any data is read, with a message naming the field.
 """
 
+import json
 import os
 from collections.abc import Callable
 
@@ -123,6 +124,30 @@ def eval_config(splits: str, best_metric: str) -> ml_collections.ConfigDict:
   ))
 
 
+def changed_fields(saved: dict, current: dict, prefix: str = '') -> list[str]:
+  """'field: saved -> current' for every leaf that differs between two config dicts."""
+  changed = []
+  for key in sorted(set(saved) | set(current)):
+    a, b = saved.get(key), current.get(key)
+    if isinstance(a, dict) and isinstance(b, dict):
+      changed += changed_fields(a, b, f'{prefix}{key}.')
+    elif json.dumps(a) != json.dumps(b):
+      changed.append(f'{prefix}{key}: {a!r} -> {b!r}')
+  return changed
+
+
+def with_saved_model(config: ml_collections.ConfigDict, saved: dict,
+                     log=print) -> ml_collections.ConfigDict:
+  """`config` with the `method` and `model` block of a checkpoint's saved config (the
+  architecture is the checkpoint's); logs what that changes."""
+  merged = config.to_dict()
+  for key in ('method', 'model'):
+    for change in changed_fields({key: merged[key]}, {key: saved[key]}):
+      log(f'  using the checkpoint\'s {change}')
+    merged[key] = saved[key]
+  return ml_collections.ConfigDict(merged)
+
+
 def resolve_data_root(config: ml_collections.ConfigDict) -> str:
   return os.path.abspath(os.path.expanduser(config.data.root))
 
@@ -131,14 +156,15 @@ def eval_splits(config: ml_collections.ConfigDict) -> list[str]:
   return [s.strip() for s in config.eval.splits.split(',') if s.strip()]
 
 
-def _check(ok: bool, field: str, message: str, value) -> None:
+def require(ok: bool, field: str, message: str, value) -> None:
+  """Raises ConfigError('config.<field> <message>, got <value>') unless `ok`."""
   if not ok:
     raise ConfigError(f'config.{field} {message}, got {value!r}')
 
 
 def _positive(config, field):
   value = _get(config, field)
-  _check(value > 0, field, 'must be > 0', value)
+  require(value > 0, field, 'must be > 0', value)
 
 
 def _get(config, field):
@@ -150,8 +176,9 @@ def _get(config, field):
   return node
 
 
-def validate(config: ml_collections.ConfigDict, model_checks: Callable | None = None):
-  """Raises ConfigError naming the first invalid field of a training config."""
+def validate(config: ml_collections.ConfigDict, method_checks: Callable | None = None):
+  """Raises ConfigError naming the first invalid field of a config; `method_checks`
+  validates the method's own blocks (model, loss)."""
   for field in (
       'train.batch_size', 'train.epochs', 'train.log_every_steps',
       'train.checkpoint_every_steps', 'train.keep_checkpoints', 'eval.batch_size',
@@ -160,33 +187,33 @@ def validate(config: ml_collections.ConfigDict, model_checks: Callable | None = 
       'data.audio.win_length', 'data.audio.hop_length', 'data.audio.log_divisor',
   ):
     _positive(config, field)
-  _check(config.data.image.train_resize >= config.data.image.size,
+  require(config.data.image.train_resize >= config.data.image.size,
          'data.image.train_resize', f'must be >= data.image.size ({config.data.image.size})',
          config.data.image.train_resize)
-  _check(config.data.audio.win_length <= config.data.audio.n_fft, 'data.audio.win_length',
+  require(config.data.audio.win_length <= config.data.audio.n_fft, 'data.audio.win_length',
          f'must be <= data.audio.n_fft ({config.data.audio.n_fft})',
          config.data.audio.win_length)
-  _check(config.data.num_workers >= 0, 'data.num_workers', 'must be >= 0',
+  require(config.data.num_workers >= 0, 'data.num_workers', 'must be >= 0',
          config.data.num_workers)
-  _check(config.optim.name in ('adam', 'adamw'), 'optim.name', "must be 'adam' or 'adamw'",
+  require(config.optim.name in ('adam', 'adamw'), 'optim.name', "must be 'adam' or 'adamw'",
          config.optim.name)
-  _check(config.optim.schedule in ('constant', 'cosine', 'step'), 'optim.schedule',
+  require(config.optim.schedule in ('constant', 'cosine', 'step'), 'optim.schedule',
          "must be 'constant', 'cosine' or 'step'", config.optim.schedule)
-  _check(config.optim.weight_decay >= 0, 'optim.weight_decay', 'must be >= 0',
+  require(config.optim.weight_decay >= 0, 'optim.weight_decay', 'must be >= 0',
          config.optim.weight_decay)
-  _check(config.optim.grad_clip_norm >= 0, 'optim.grad_clip_norm', 'must be >= 0',
+  require(config.optim.grad_clip_norm >= 0, 'optim.grad_clip_norm', 'must be >= 0',
          config.optim.grad_clip_norm)
-  _check(config.train.compute_dtype in ('float32', 'bfloat16'), 'train.compute_dtype',
+  require(config.train.compute_dtype in ('float32', 'bfloat16'), 'train.compute_dtype',
          "must be 'float32' or 'bfloat16'", config.train.compute_dtype)
-  _check(config.train.max_steps >= 0, 'train.max_steps', 'must be >= 0',
+  require(config.train.max_steps >= 0, 'train.max_steps', 'must be >= 0',
          config.train.max_steps)
-  _check(config.eval.threshold_protocol in ('minmax', 'median'), 'eval.threshold_protocol',
+  require(config.eval.threshold_protocol in ('minmax', 'median'), 'eval.threshold_protocol',
          "must be 'minmax' or 'median'", config.eval.threshold_protocol)
-  _check(0.0 <= config.eval.threshold <= 1.0, 'eval.threshold', 'must be in [0, 1]',
+  require(0.0 <= config.eval.threshold <= 1.0, 'eval.threshold', 'must be in [0, 1]',
          config.eval.threshold)
-  _check(bool(config.data.train_split), 'data.train_split', 'must name a prepared split',
+  require(bool(config.data.train_split), 'data.train_split', 'must name a prepared split',
          config.data.train_split)
-  _check('/' in config.eval.best_metric or not config.eval.best_metric, 'eval.best_metric',
+  require('/' in config.eval.best_metric or not config.eval.best_metric, 'eval.best_metric',
          "must look like '<split>/<metric>'", config.eval.best_metric)
-  if model_checks is not None:
-    model_checks(config)
+  if method_checks is not None:
+    method_checks(config)

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from avloc import config as config_lib
 from avloc.losses import jsa as jsa_losses
 from avloc.models import jsa as jsa_model
 
@@ -25,6 +26,7 @@ class Method:
   build_model: Callable[[ml_collections.ConfigDict], nn.Module]
   loss: Callable[[dict, ml_collections.ConfigDict], tuple[jax.Array, dict]]
   localize: Callable[[nn.Module, dict, jax.Array, jax.Array, ml_collections.ConfigDict], dict]
+  check_config: Callable[[ml_collections.ConfigDict], None]
 
 
 def compute_dtype(config: ml_collections.ConfigDict):
@@ -51,8 +53,26 @@ def _jsa_localize(model, variables, image, spectrogram, config):
               audio_embedding=outputs['audio_embedding'])
 
 
+def _check_jsa_config(config):
+  model, loss = config.model, config.loss
+  require = config_lib.require
+  require(model.num_target >= 1, 'model.num_target', 'must be >= 1', model.num_target)
+  require(model.num_offtarget >= 1, 'model.num_offtarget', 'must be >= 1', model.num_offtarget)
+  require(model.iters >= 1, 'model.iters', 'must be >= 1', model.iters)
+  require(0.0 <= model.mask_ratio < 1.0, 'model.mask_ratio', 'must be in [0, 1)',
+          model.mask_ratio)
+  require(model.infer_sharpening > 0, 'model.infer_sharpening', 'must be > 0',
+          model.infer_sharpening)
+  require(loss.tau > 0, 'loss.tau', 'must be > 0', loss.tau)
+  require(loss.k >= 1, 'loss.k', 'must be >= 1', loss.k)
+  for name in ('lambda_match', 'lambda_div', 'lambda_recon'):
+    require(loss[name] >= 0, f'loss.{name}', 'must be >= 0', loss[name])
+  require(0.0 <= config.eval.iqr_alpha <= 1.0, 'eval.iqr_alpha', 'must be in [0, 1]',
+          config.eval.iqr_alpha)
+
+
 _METHODS = {
-    'jsa': Method('jsa', _build_jsa, _jsa_loss, _jsa_localize),
+    'jsa': Method('jsa', _build_jsa, _jsa_loss, _jsa_localize, _check_jsa_config),
 }
 
 

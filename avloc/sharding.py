@@ -60,6 +60,13 @@ def check_batch_size(global_batch_size: int, mesh: Mesh, field: str) -> None:
         f'({mesh.size}) and processes ({jax.process_count()})')
 
 
+def process_slice(global_size: int) -> slice:
+  """This process's contiguous share of a global batch of `global_size` samples."""
+  per_process = global_size // jax.process_count()
+  start = jax.process_index() * per_process
+  return slice(start, start + per_process)
+
+
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:
   """This process's share of a batch (numpy) -> global jax.Arrays sharded on 'data'."""
   sharding = batch_sharded(mesh)

@@ -8,7 +8,6 @@ only waits on the device when it logs, evaluates or checkpoints.
 
 import contextlib
 import dataclasses
-import json
 import signal
 from typing import Any
 
@@ -18,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from avloc import checkpointing, methods, metric_writer, sharding
+from avloc import checkpointing, config as config_lib, methods, metric_writer, sharding
 from avloc.data import audio as audio_lib
 from avloc.data import pipeline, tfrecord
 
@@ -158,17 +157,6 @@ class PreemptionGuard(contextlib.AbstractContextManager):
     return False
 
 
-def _changed_fields(saved: dict, current: dict, prefix: str = '') -> list[str]:
-  changed = []
-  for key in sorted(set(saved) | set(current)):
-    a, b = saved.get(key), current.get(key)
-    if isinstance(a, dict) and isinstance(b, dict):
-      changed += _changed_fields(a, b, f'{prefix}{key}.')
-    elif json.dumps(a) != json.dumps(b):
-      changed.append(f'{prefix}{key}: {a!r} -> {b!r}')
-  return changed
-
-
 def train(config: ml_collections.ConfigDict, workdir: str, split_dirs: dict[str, str],
           evaluator=None, log=print) -> TrainState:
   """Trains (resuming from `workdir` if it holds a checkpoint), evaluating with
@@ -196,7 +184,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, split_dirs: dict[str,
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
     state, saved_config = checkpointer.restore(abstract, data_iterator)
     log(f'Resumed from {workdir}/{checkpointing.TRAIN_DIR}/{checkpointer.latest_step}.')
-    for change in _changed_fields(saved_config, config.to_dict()):
+    for change in config_lib.changed_fields(saved_config, config.to_dict()):
       log(f'  warning: config differs from the checkpoint: {change}')
   start = int(state.step)
   writer = metric_writer.MetricWriter(workdir, plan.total_steps,

@@ -1,0 +1,245 @@
+"""Evaluation on prepared test splits: the papers' metrics, a table, JSON/CSV and PNGs.
+
+For every split the model's low-resolution maps are upsampled to the evaluation size
+(bicubic, as the official evaluations), binarized by `config.eval.threshold_protocol`
+and scored against the split's ground truth (avloc.metrics): cIoU / AP50 / AUC always,
+mIoU and F-score for mask ground truth (AVSBench), Recall@K when the method gives
+embeddings and the split has class labels, and the multi-source metrics when the method
+gives one map per object. A centre-prior baseline is scored once per split, so every
+table says how far the model is from a map that ignores the input.
+"""
+
+import csv
+import functools
+import json
+import os
+
+import jax
+import numpy as np
+
+from avloc import methods, sharding, visualize
+from avloc.data import pipeline, tfrecord
+from avloc.metrics import avsbench, localization, multisource, retrieval
+from avloc.models.upsample import upsample_bicubic
+
+CENTER_PRIOR = 'center prior'
+_PRIOR_VARIANT = 'prior'
+
+
+def center_prior(size: int) -> np.ndarray:
+  """[size, size] isotropic Gaussian centred on the image (sigma = size / 4)."""
+  axis = (np.arange(size) + 0.5) / size - 0.5
+  return np.exp(-(axis[:, None] ** 2 + axis[None, :] ** 2) / (2 * 0.25**2)).astype(np.float32)
+
+
+def source_maps(gt_kind: str, batch: dict, i: int, size: int) -> np.ndarray:
+  """Ground truth of sample i of an eval batch as [S, size, size] source maps (S >= 1).
+
+  boxes / consensus / masks give one map (the union, or the Flickr consensus);
+  multisource gives one map per sounding source, from its mask when the record has
+  masks and from its boxes otherwise.
+  """
+  boxes, groups = batch['boxes'][i], batch['box_groups'][i]
+  masks = batch['masks'][i].astype(bool)
+  if gt_kind == tfrecord.GT_CONSENSUS:
+    return localization.consensus_map(boxes[groups >= 0], groups[groups >= 0], (size, size))[None]
+  if gt_kind == tfrecord.GT_MASKS:
+    return localization.mask_map(masks[:max(int(batch['num_sources'][i]), 1)])[None]
+  if gt_kind == tfrecord.GT_MULTISOURCE:
+    maps = []
+    for k in range(int(batch['num_sources'][i])):
+      if masks[k].any():
+        maps.append(localization.mask_map(masks[k:k + 1]))
+      else:
+        maps.append(localization.box_map(boxes[groups == k], (size, size)))
+    return np.stack(maps)
+  return localization.box_map(boxes[groups >= 0], (size, size))[None]
+
+
+class _SplitScores:
+  """Accumulates per-sample scores of one split for one map variant."""
+
+  def __init__(self):
+    self.cious, self.binary, self.soft, self.masks = [], [], [], []
+
+  def add(self, heatmap, gt, protocol, threshold, keep_masks):
+    binary = localization.binarize(heatmap, protocol, threshold)
+    self.cious.append(localization.ciou(binary, gt))
+    if keep_masks:
+      self.binary.append(binary)
+      self.soft.append(localization.normalize_minmax(heatmap))
+      self.masks.append(gt > 0)
+
+  def summary(self) -> dict:
+    scores = localization.summarize_cious(np.asarray(self.cious))
+    if self.masks:
+      gt = np.stack(self.masks)
+      scores['miou'] = avsbench.miou(np.stack(self.binary), gt)
+      scores['fscore'] = avsbench.fscore(np.stack(self.soft), gt)
+    return scores
+
+
+class Evaluator:
+  """Evaluates model variables on the configured splits (see module docstring)."""
+
+  def __init__(self, config, split_dirs: dict[str, str], workdir: str, log=print):
+    self.config = config
+    self.split_dirs = split_dirs
+    self.workdir = workdir
+    self.log = log
+    self.size = config.data.image.size
+    self.method = methods.get_method(config.method)
+    self.model = self.method.build_model(config)
+    self.mesh = sharding.make_mesh()
+    sharding.check_batch_size(config.eval.batch_size, self.mesh, 'eval.batch_size')
+    replicated, batched = sharding.replicated(self.mesh), sharding.batch_sharded(self.mesh)
+    self._localize = jax.jit(
+        functools.partial(self.method.localize, self.model, config=config),
+        in_shardings=(replicated, batched, batched), out_shardings=replicated)
+    self.manifests = {name: tfrecord.read_manifest(d) for name, d in split_dirs.items()}
+    self.rows = {name: [] for name in split_dirs}  # (row label, metrics) per evaluation
+    self.last_metrics = {}
+    self.output_dir = os.path.join(workdir, 'eval')
+    os.makedirs(self.output_dir, exist_ok=True)
+
+  def evaluate(self, variables, step: int | None, writer) -> dict[str, float]:
+    """Scores `variables` on every split; returns {'<split>/<variant>/<metric>': value}."""
+    metrics = {}
+    for split, directory in self.split_dirs.items():
+      if not self.rows[split]:
+        self.rows[split].append((CENTER_PRIOR, self._evaluate_split(None, split, directory)))
+      label = f'{self.config.method} ' + ('(checkpoint)' if step is None else f'step {step}')
+      scores = self._evaluate_split(variables, split, directory, step)
+      self.rows[split].append((label, scores))
+      metrics.update({f'{split}/{k}': v for k, v in scores.items()})
+      self._write_split(split, step)
+      self.log(self.table(split))
+    if writer is not None and step is not None:
+      writer.write_scalars(step, {f'eval/{k}': v for k, v in metrics.items()})
+    self.last_metrics = metrics
+    return metrics
+
+  def _batches(self, directory):
+    return pipeline.eval_dataset(self.config, directory, batch_size=self.config.eval.batch_size)
+
+  def _outputs(self, variables, batch) -> dict:
+    """Model outputs for a host batch, or the centre prior when `variables` is None."""
+    if variables is None:
+      prior = center_prior(self.size)
+      return {'heatmaps': {_PRIOR_VARIANT: np.broadcast_to(
+          prior, (len(batch['index']),) + prior.shape)}}
+    local = sharding.process_slice(batch['image'].shape[0])
+    inputs = sharding.global_batch(
+        {'image': batch['image'][local], 'spectrogram': batch['spectrogram'][local]}, self.mesh)
+    return jax.device_get(self._localize(variables, inputs['image'], inputs['spectrogram']))
+
+  def _evaluate_split(self, variables, split, directory, step=None) -> dict[str, float]:
+    manifest = self.manifests[split]
+    config = self.config.eval
+    keep_masks = manifest.gt == tfrecord.GT_MASKS
+    scores, embeddings, labels, multi, visuals = {}, ([], []), [], [], []
+    seen = 0
+    for batch in self._batches(directory):
+      outputs = self._outputs(variables, batch)
+      for i in np.flatnonzero(batch['valid']):
+        if config.max_examples and seen >= config.max_examples:
+          break
+        seen += 1
+        gt_sources = source_maps(manifest.gt, batch, i, self.size)
+        gt = np.clip(gt_sources.sum(0), 0, 1) if len(gt_sources) > 1 else gt_sources[0]
+        maps = {name: upsample_bicubic(np.asarray(m[i]), (self.size, self.size))
+                for name, m in outputs['heatmaps'].items()}
+        for name, heatmap in maps.items():
+          scores.setdefault(name, _SplitScores()).add(
+              heatmap, gt, config.threshold_protocol, config.threshold, keep_masks)
+        if 'image_embedding' in outputs:
+          embeddings[0].append(outputs['image_embedding'][i])
+          embeddings[1].append(outputs['audio_embedding'][i])
+          labels.append(int(batch['label'][i]))
+        if 'object_maps' in outputs:
+          objects = outputs['object_maps'][i][outputs['object_valid'][i]]
+          objects = upsample_bicubic(np.asarray(objects), (self.size, self.size))
+          binary = np.stack([localization.binarize(o, config.threshold_protocol,
+                                                   config.threshold) for o in objects]) \
+              if len(objects) else np.zeros((0, self.size, self.size), bool)
+          multi.append(multisource.evaluate_sample(binary, gt_sources))
+        if len(visuals) < config.num_visualize:
+          first = next(iter(maps.values()))
+          visuals.append((batch['image'][i], gt, first))
+    if not seen:
+      raise ValueError(f'{directory}: no examples to evaluate')
+    result = {}
+    for name, accumulated in scores.items():
+      result.update({f'{name}/{k}': v for k, v in accumulated.summary().items()})
+    if labels and min(labels) >= 0:
+      result.update({f'retrieval/{k}': v for k, v in retrieval.recall_at_k(
+          np.stack(embeddings[0]), np.stack(embeddings[1]), np.asarray(labels)).items()})
+    if multi:
+      result.update({f'multi/{k}': v for k, v in multisource.summarize(multi).items()})
+    if variables is not None:
+      self._save_visuals(split, step, visuals)
+    return result
+
+  def _save_visuals(self, split, step, visuals):
+    rows = []
+    for image, gt, heatmap in visuals:
+      rows.append([visualize.label(image, 'input'),
+                   visualize.label(visualize.overlay(image, gt), 'ground truth'),
+                   visualize.label(visualize.overlay(image, visualize.normalize(heatmap)),
+                                   'prediction')])
+    if rows:
+      name = f'{split}_step{step}.png' if step is not None else f'{split}_checkpoint.png'
+      visualize.save_png(os.path.join(self.output_dir, name), visualize.grid(rows))
+
+  def table(self, split: str) -> str:
+    """The split's rows in percent, paper style: the centre prior, then for every
+    evaluation one row per map variant (retrieval / multi-source columns on the first)."""
+    rows = [row for label, scores in self.rows[split] for row in _table_rows(label, scores)]
+    columns = sorted({c for _, cells in rows for c in cells}, key=_column_order)
+    manifest = self.manifests[split]
+    widths = [max(len(label) for label, _ in rows)] + [max(len(c), 6) for c in columns]
+    lines = [f'{split} ({manifest.num_examples} examples, ground truth: {manifest.gt})',
+             ' | '.join(['model'.ljust(widths[0])] + [
+                 c.rjust(w) for c, w in zip(columns, widths[1:])])]
+    lines.append('-' * len(lines[-1]))
+    for label, cells in rows:
+      values = [f'{100 * cells[c]:.2f}' if c in cells else '-' for c in columns]
+      lines.append(' | '.join([label.ljust(widths[0])] + [
+          v.rjust(w) for v, w in zip(values, widths[1:])]))
+    return '\n'.join(lines)
+
+  def _write_split(self, split, step):
+    rows = self.rows[split]
+    record = {'split': split, 'directory': self.split_dirs[split],
+              'gt': self.manifests[split].gt, 'step': step,
+              'metrics': rows[-1][1], 'history': [{'model': l, **s} for l, s in rows]}
+    tfrecord.atomic_write_json(os.path.join(self.workdir, f'eval_{split}.json'), record)
+    columns = sorted({k for _, scores in rows for k in scores})
+    path = os.path.join(self.workdir, f'eval_{split}.csv')
+    with open(path + '.tmp', 'w', newline='') as f:
+      out = csv.writer(f)
+      out.writerow(['model'] + columns)
+      for label, scores in rows:
+        out.writerow([label] + [scores.get(c, '') for c in columns])
+    os.replace(path + '.tmp', path)
+
+
+def _table_rows(label: str, scores: dict) -> list[tuple[str, dict]]:
+  """{'<variant>/<metric>', 'retrieval/<metric>', 'multi/<metric>'} -> one row per map
+  variant; the retrieval and multi-source metrics go on the first row."""
+  shared = {k.partition('/')[2]: v for k, v in scores.items()
+            if k.startswith(('retrieval/', 'multi/'))}
+  variants = list(dict.fromkeys(k.partition('/')[0] for k in scores
+                                if not k.startswith(('retrieval/', 'multi/'))))
+  rows = []
+  for n, variant in enumerate(variants):
+    cells = {k.partition('/')[2]: v for k, v in scores.items() if k.startswith(variant + '/')}
+    name = label if len(variants) == 1 or variant == _PRIOR_VARIANT else f'{label} [{variant}]'
+    rows.append((name, {**cells, **(shared if n == 0 else {})}))
+  return rows
+
+
+def _column_order(column: str):
+  order = ['ap50', 'auc', 'ciou', 'miou', 'fscore', 'a2i_r1', 'a2i_r5', 'a2i_r10', 'i2a_r1',
+           'i2a_r5', 'i2a_r10', 'cap', 'piap', 'ciou30', 'count_acc']
+  return (order.index(column) if column in order else len(order), column)

@@ -1,0 +1,220 @@
+"""Trainer: schedules, data-parallel equivalence, compilation, resume, config errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from avloc import config as config_lib, experiment, methods, sharding, train
+from avloc.data import pipeline
+from configs import jsa as jsa_config
+from tests import splits
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**train_overrides) -> ml_collections.ConfigDict:
+  config = jsa_config.get_config('synthetic')
+  config.data.image.update(size=32, train_resize=36)
+  config.data.audio.update(seconds=0.5, n_fft=128, win_length=128, hop_length=64)
+  config.data.num_workers = 0
+  config.model.update(dim=16, width=4, mlp_dim=32, iters=2, stem_pool=False)
+  config.loss.k = 3
+  config.optim.update(learning_rate=1e-3, schedule='cosine', warmup_steps=2)
+  config.train.update(batch_size=8, epochs=1, log_every_steps=1, checkpoint_every_steps=2)
+  config.train.update(train_overrides)
+  config.eval.splits = ''
+  config.eval.best_metric = ''
+  return config
+
+
+def test_learning_rate_schedules():
+  optim = ml_collections.ConfigDict(config_lib.optim_config('adamw', 1.0, 0.0))
+  optim.update(schedule='step', step_gamma=0.5)
+  step = train.learning_rate_schedule(optim, steps_per_epoch=10, total_steps=100)
+  np.testing.assert_allclose([step(0), step(9), step(10), step(25)], [1, 1, 0.5, 0.25])
+  optim.update(schedule='cosine', warmup_steps=10)
+  cosine = train.learning_rate_schedule(optim, steps_per_epoch=10, total_steps=110)
+  np.testing.assert_allclose([cosine(0), cosine(5), cosine(10), cosine(60), cosine(110)],
+                             [0, 0.5, 1, 0.5, 0], atol=1e-6)
+
+
+def test_adamw_decays_weights_and_adam_does_not():
+  optim = config_lib.optim_config('adamw', 0.1, 0.5)
+  params = {'w': jnp.ones(3)}
+  zero = {'w': jnp.zeros(3)}
+  tx = train.make_optimizer(optim, optax.constant_schedule(0.1))
+  updates, _ = tx.update(zero, tx.init(params), params)
+  np.testing.assert_allclose(updates['w'], -0.1 * 0.5 * np.ones(3), rtol=1e-6)
+  optim.name = 'adam'
+  tx = train.make_optimizer(optim, optax.constant_schedule(0.1))
+  updates, _ = tx.update(zero, tx.init(params), params)
+  np.testing.assert_allclose(updates['w'], 0.0)
+
+
+def _random_batch(config, batch_size, seed=0):
+  shapes = train.input_shapes(config, batch_size, train=True)
+  rng = np.random.default_rng(seed)
+  return {'image': rng.integers(0, 256, shapes['image'].shape).astype(np.uint8),
+          'spectrogram': rng.normal(size=shapes['spectrogram'].shape).astype(np.float32)}
+
+
+def _setup(config, devices):
+  method = methods.get_method(config.method)
+  mesh = sharding.make_mesh(devices)
+  model = method.build_model(config)
+  tx = train.make_optimizer(config.optim, optax.constant_schedule(config.optim.learning_rate))
+  state = train.create_train_state(config, model, tx, mesh)
+  return mesh, train.make_train_step(config, model, method, tx, mesh), state
+
+
+def test_four_device_step_equals_one_device_step():
+  assert jax.device_count() == 4, 'tests/conftest.py sets 4 fake CPU devices'
+  config = tiny_config()
+  batch = _random_batch(config, 8)
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    mesh, step, state = _setup(config, devices)
+    for _ in range(2):
+      state, metrics = step(state, sharding.global_batch(batch, mesh))
+    results.append((jax.device_get(metrics), jax.device_get(state)))
+  (metrics_1, state_1), (metrics_4, state_4) = results
+  for name in metrics_1:
+    np.testing.assert_allclose(metrics_4[name], metrics_1[name], rtol=2e-4, atol=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(state_4.params),
+                  jax.tree_util.tree_leaves(state_1.params)):
+    np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5)
+  # BatchNorm statistics are global-batch statistics on both meshes.
+  for a, b in zip(jax.tree_util.tree_leaves(state_4.batch_stats),
+                  jax.tree_util.tree_leaves(state_1.batch_stats)):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-5)
+
+
+def test_train_step_compiles_once_and_donates_the_state():
+  config = tiny_config()
+  mesh, step, state = _setup(config, jax.devices())
+  for seed in range(3):
+    old_params = state.params
+    state, _ = step(state, sharding.global_batch(_random_batch(config, 8, seed), mesh))
+  assert step._cache_size() == 1  # pylint: disable=protected-access
+  assert all(x.is_deleted() for x in jax.tree_util.tree_leaves(old_params))
+  assert int(state.step) == 3
+
+
+def _train_run(config, workdir, split_dir, interrupt_after=None):
+  """Runs train.train; optionally sends SIGTERM to itself after `interrupt_after` batches."""
+  original = pipeline.train_dataset
+
+  def interrupting_dataset(*args, **kwargs):
+    dataset = original(*args, **kwargs)
+    if interrupt_after is None:
+      return dataset
+    return _Interrupting(dataset, interrupt_after)
+
+  pipeline.train_dataset = interrupting_dataset
+  try:
+    return train.train(config, workdir, {config.data.train_split: split_dir}, log=lambda _: None)
+  finally:
+    pipeline.train_dataset = original
+
+
+class _Interrupting:
+  """Wraps a dataset; its iterator raises SIGTERM after n batches (like a preemption)."""
+
+  def __init__(self, dataset, n):
+    self.dataset, self.n = dataset, n
+
+  def __iter__(self):
+    return _InterruptingIterator(iter(self.dataset), self.n)
+
+
+class _InterruptingIterator:
+
+  def __init__(self, iterator, n):
+    self.iterator, self.n, self.count = iterator, n, 0
+
+  def __next__(self):
+    self.count += 1
+    if self.count == self.n:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return next(self.iterator)
+
+  def get_state(self):
+    return self.iterator.get_state()
+
+  def set_state(self, state):
+    self.iterator.set_state(state)
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return {r['step']: r['train/loss'] for r in map(json.loads, f) if 'train/loss' in r}
+
+
+def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
+  split_dir = splits.write_split(tmp_path / 'data' / 'synthetic_train', num_examples=48,
+                                 image_size=40, audio_seconds=0.5)
+  config = tiny_config(max_steps=7)
+  reference = _train_run(config, str(tmp_path / 'reference'), split_dir)
+  resumed_dir = str(tmp_path / 'resumed')
+  interrupted = _train_run(config, resumed_dir, split_dir, interrupt_after=3)
+  assert int(interrupted.step) == 3
+  assert sorted(os.listdir(os.path.join(resumed_dir, 'checkpoints'))) == ['2', '3']
+  resumed = _train_run(config, resumed_dir, split_dir)
+  assert int(resumed.step) == 7
+  assert _losses(resumed_dir) == pytest.approx(_losses(str(tmp_path / 'reference')), rel=1e-6)
+  for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(resumed.params)),
+                  jax.tree_util.tree_leaves(jax.device_get(reference.params))):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('loss.tau', -1.0, r'config\.loss\.tau must be > 0, got -1\.0'),
+    ('model.mask_ratio', 1.5, r'config\.model\.mask_ratio must be in \[0, 1\), got 1\.5'),
+    ('optim.name', 'sgd', r"config\.optim\.name must be 'adam' or 'adamw', got 'sgd'"),
+    ('train.batch_size', 0, r'config\.train\.batch_size must be > 0, got 0'),
+    ('eval.threshold_protocol', 'otsu', r'config\.eval\.threshold_protocol must be'),
+])
+def test_bad_config_values_fail_naming_the_field(tmp_path, field, value, message):
+  config = tiny_config()
+  section, key = field.split('.')
+  config[section][key] = value
+  with pytest.raises(config_lib.ConfigError, match=message):
+    experiment.run(config, str(tmp_path / 'run'))
+  assert not os.path.exists(tmp_path / 'run')  # nothing is created before the checks
+
+
+def test_unwritable_workdir_fails_with_a_clear_message(tmp_path):
+  blocker = tmp_path / 'file'
+  blocker.write_text('not a directory')
+  with pytest.raises(PermissionError, match=r'--workdir .*file/run is not writable'):
+    experiment.check_workdir(str(blocker / 'run'))
+
+
+def test_missing_prepared_split_names_the_path_and_the_converter(tmp_path):
+  config = tiny_config()
+  config.data.root = str(tmp_path)
+  config.data.train_split = 'vggsound_144k'
+  with pytest.raises(FileNotFoundError, match=r"prepared split 'vggsound_144k' not found at "
+                     r".*vggsound_144k: convert it first \(python -m data_prep\.vggsound"):
+    experiment.run(config, str(tmp_path / 'run'))
+
+
+def test_command_line_rejects_unknown_keys_and_bad_values(tmp_path):
+  def main(*args):
+    return subprocess.run(
+        [sys.executable, '-m', 'avloc.main', '--config=configs/jsa.py:synthetic',
+         f'--workdir={tmp_path}/run', *args], cwd=REPO, capture_output=True, text=True,
+        timeout=120, check=False)
+  unknown = main('--config.loss.temperature=0.1')
+  assert unknown.returncode != 0 and 'temperature' in unknown.stderr
+  bad = main('--config.loss.k=0')
+  assert bad.returncode != 0 and 'config.loss.k must be >= 1, got 0' in bad.stderr
