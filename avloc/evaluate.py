@@ -1,7 +1,8 @@
 """Evaluation on prepared test splits: the papers' metrics, a table, JSON/CSV and PNGs.
 
-For every split the model's low-resolution maps are upsampled to the evaluation size
-(bicubic, as the official evaluations), binarized by `config.eval.threshold_protocol`
+For every split the model's maps at the image size (upsampled bicubically inside the
+method's `localize`, as the official evaluations do) are binarized by
+`config.eval.threshold_protocol`
 and scored against the split's ground truth (avloc.metrics): cIoU / AP50 / AUC always,
 mIoU and F-score for mask ground truth (AVSBench), Recall@K when the method gives
 embeddings and the split has class labels, and the multi-source metrics when the method
@@ -20,7 +21,6 @@ import numpy as np
 from avloc import methods, sharding, visualize
 from avloc.data import pipeline, tfrecord
 from avloc.metrics import avsbench, localization, multisource, retrieval
-from avloc.models.upsample import upsample_bicubic
 
 CENTER_PRIOR = 'center prior'
 _PRIOR_VARIANT = 'prior'
@@ -147,8 +147,7 @@ class Evaluator:
         seen += 1
         gt_sources = source_maps(manifest.gt, batch, i, self.size)
         gt = np.clip(gt_sources.sum(0), 0, 1) if len(gt_sources) > 1 else gt_sources[0]
-        maps = {name: upsample_bicubic(np.asarray(m[i]), (self.size, self.size))
-                for name, m in outputs['heatmaps'].items()}
+        maps = {name: np.asarray(m[i]) for name, m in outputs['heatmaps'].items()}
         for name, heatmap in maps.items():
           scores.setdefault(name, _SplitScores()).add(
               heatmap, gt, config.threshold_protocol, config.threshold, keep_masks)
@@ -157,8 +156,7 @@ class Evaluator:
           embeddings[1].append(outputs['audio_embedding'][i])
           labels.append(int(batch['label'][i]))
         if 'object_maps' in outputs:
-          objects = outputs['object_maps'][i][outputs['object_valid'][i]]
-          objects = upsample_bicubic(np.asarray(objects), (self.size, self.size))
+          objects = np.asarray(outputs['object_maps'][i][outputs['object_valid'][i]])
           binary = np.stack([localization.binarize(o, config.threshold_protocol,
                                                    config.threshold) for o in objects]) \
               if len(objects) else np.zeros((0, self.size, self.size), bool)

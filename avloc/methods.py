@@ -1,10 +1,11 @@
 """The methods avloc trains, behind one interface for the trainer, evaluator and predict.
 
 A `Method` says how to build its Flax model from a config, its training loss on the
-model's outputs, and its inference outputs (`localize`):
-  heatmaps: {name: [B, h, w]} single-source localization maps, the first one primary;
+model's outputs, and its inference outputs (`localize`), maps at the input image size:
+  heatmaps: {name: [B, H, W]} single-source localization maps, the first one primary;
+  lowres: {name: [B, h, w]} the model's maps before upsampling;
   image_embedding, audio_embedding: [B, D] for cross-modal retrieval (optional);
-  object_maps [B, K, h, w], object_valid [B, K]: one map per found object (optional).
+  object_maps [B, K, H, W], object_valid [B, K]: one map per found object (optional).
 """
 
 import dataclasses
@@ -18,6 +19,7 @@ import ml_collections
 from avloc import config as config_lib
 from avloc.losses import jsa as jsa_losses
 from avloc.models import jsa as jsa_model
+from avloc.models import maps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,11 +47,16 @@ def _jsa_loss(outputs, config):
 
 def _jsa_localize(model, variables, image, spectrogram, config):
   outputs = model.apply(variables, image, spectrogram, method=model.localize)
-  heatmaps = {'ca': outputs['heatmap']}
+  size = image.shape[1:3]
+  cross_modal = maps.upsample_bicubic(outputs['heatmap'], size)
+  heatmaps = {'ca': cross_modal}
   if config.eval.use_iqr:
-    refined = jsa_model.iqr(outputs['heatmap'], outputs['image_prior'], config.eval.iqr_alpha)
-    heatmaps = {'iqr': refined, **heatmaps}
-  return dict(heatmaps=heatmaps, image_embedding=outputs['image_embedding'],
+    intra_modal = maps.upsample_bicubic(outputs['image_prior'], size)
+    heatmaps = {'iqr': jsa_model.iqr(cross_modal, intra_modal, config.eval.iqr_alpha),
+                **heatmaps}
+  return dict(heatmaps=heatmaps,
+              lowres={'ca': outputs['heatmap'], 'ia': outputs['image_prior']},
+              image_embedding=outputs['image_embedding'],
               audio_embedding=outputs['audio_embedding'])
 
 

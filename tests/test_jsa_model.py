@@ -222,8 +222,14 @@ def test_localize_maps_are_target_attention_and_iqr_mixes_them(small_model):
   np.testing.assert_allclose(out['heatmap'].reshape(4, -1), eval_out['ca_audio_image'][:, 0],
                              rtol=1e-5, atol=1e-7)
   np.testing.assert_allclose(out['image_embedding'], eval_out['image_slots'][:, 0], rtol=1e-5)
-  refined = jsa.iqr(out['heatmap'], out['image_prior'], 0.6)
-  np.testing.assert_allclose(refined, 0.6 * out['heatmap'] + 0.4 * out['image_prior'], rtol=1e-6)
+  refined = np.asarray(jsa.iqr(out['heatmap'], out['image_prior'], 0.6))
+
+  def minmax(x):
+    low = x.min((1, 2), keepdims=True)
+    return (x - low) / (x.max((1, 2), keepdims=True) - low)
+  expected = minmax(0.6 * minmax(np.asarray(out['heatmap']))
+                    + 0.4 * minmax(np.asarray(out['image_prior'])))
+  np.testing.assert_allclose(refined, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_infer_sharpening_sharpens_the_map(small_model):

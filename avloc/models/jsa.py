@@ -10,13 +10,21 @@ import functools
 import flax.linen as nn
 import jax.numpy as jnp
 
+from avloc.models import maps
 from avloc.models.resnet import IMAGENET_MEAN, IMAGENET_STD, AudioEncoder, ImageEncoder
 from avloc.models.slot_attention import JointSlotAttention, SlotDecoder, slot_attention_weights
 
 
 def iqr(cross_modal, intra_modal, alpha):
-  """Eq. 14, Image-Query based Refinement: alpha * ca^{a,v} + (1 - alpha) * ia^{v,v}."""
-  return alpha * cross_modal + (1.0 - alpha) * intra_modal
+  """Eq. 14, Image-Query based Refinement: alpha * ca^{a,v} + (1 - alpha) * ia^{v,v}.
+
+  On upsampled maps [B, H, W]. As in the official release's test_model.py, each map is
+  min-max normalized before the blend and the blend is normalized again. (The release's
+  test scripts pass alpha = 0.4; the paper's Sec. 4.1 value 0.6 is our default.)
+  """
+  blend = (alpha * maps.minmax_normalize(cross_modal)
+           + (1.0 - alpha) * maps.minmax_normalize(intra_modal))
+  return maps.minmax_normalize(blend)
 
 
 class JSA(nn.Module):

@@ -1,10 +1,10 @@
-"""Upsampling low-resolution localization maps to the image size.
+"""Operations on localization maps: bicubic upsampling and min-max normalization.
 
 The official evaluations (LVS, EZ-VSL, JSA) call PyTorch's
 `F.interpolate(mode='bicubic', align_corners=False)`: Keys' cubic kernel with a = -0.75,
 half-pixel centres and clamped borders. Bicubic resizing is separable, so it is two
 matrix products, `W_h @ map @ W_w^T`, with the interpolation matrices built here once per
-shape; this matches PyTorch to float precision (tests/test_upsample.py) where
+shape; this matches PyTorch to float precision (tests/test_maps.py) where
 `jax.image.resize` (a = -0.5, antialiasing) would not.
 """
 
@@ -45,3 +45,10 @@ def upsample_bicubic(maps, size: tuple[int, int]):
   cols = bicubic_matrix(maps.shape[-1], size[1]).astype(np.float32)
   xp = np if isinstance(maps, np.ndarray) else jnp
   return xp.einsum('Hh,...hw,Ww->...HW', rows, maps, cols)
+
+
+def minmax_normalize(maps, eps=1e-12):
+  """Each map [..., H, W] scaled to [0, 1] (jnp); a constant map becomes zeros."""
+  low = jnp.min(maps, axis=(-2, -1), keepdims=True)
+  high = jnp.max(maps, axis=(-2, -1), keepdims=True)
+  return jnp.where(high - low > eps, (maps - low) / jnp.maximum(high - low, eps), 0.0)
