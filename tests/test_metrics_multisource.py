@@ -55,7 +55,7 @@ def _reference_greedy(cious):
   return pairs
 
 
-def _result(cious, confidences=None, pixel_aps=None, labels=(), num_objects=None):
+def _result(cious, confidences=None, pixel_aps=None, num_objects=None):
   cious = np.asarray(cious, float)
   return multisource.SampleResult(
       source_cious=cious,
@@ -63,7 +63,6 @@ def _result(cious, confidences=None, pixel_aps=None, labels=(), num_objects=None
                                     else np.ones_like(cious), float),
       source_pixel_aps=np.asarray(pixel_aps if pixel_aps is not None
                                   else np.zeros_like(cious), float),
-      source_labels=tuple(labels),
       num_objects=len(cious) if num_objects is None else num_objects)
 
 
@@ -170,13 +169,12 @@ def test_evaluate_sample_planted_objects():
   objects[1, :, 4:] = 0.8  # right half: source 0
   objects[1, :4, 4:] = 1.0
   objects[2, :2, :2] = 0.3  # a small spurious object
-  result = multisource.evaluate_sample(objects, sources, ['cello', 'guitar'], 'minmax', 0.5)
+  result = multisource.evaluate_sample(objects, sources, 'minmax', 0.5)
   np.testing.assert_allclose(result.source_cious, [1.0, 1.0])
   # Object 1's top quarter (16 of 64 pixels) is all 1.0; object 0's is 0.9.
   np.testing.assert_allclose(result.source_confidences, [1.0, 0.9])
   np.testing.assert_allclose(result.source_pixel_aps, [1.0, 1.0])
   assert result.num_objects == 3 and result.num_sources == 2
-  assert result.source_labels == ('cello', 'guitar')
 
 
 def test_evaluate_sample_against_brute_force():
@@ -213,8 +211,6 @@ def test_evaluate_sample_errors():
     multisource.evaluate_sample(np.zeros((1, 8, 8)), np.zeros((0, 8, 8)))
   with pytest.raises(ValueError, match='differ in size'):
     multisource.evaluate_sample(np.zeros((1, 4, 4)), sources)
-  with pytest.raises(ValueError, match='1 source labels for 2 sources'):
-    multisource.evaluate_sample(np.zeros((1, 8, 8)), sources, ['cello'])
   with pytest.raises(ValueError, match=r'object maps must be \[K, H, W\]'):
     multisource.evaluate_sample(np.zeros((8, 8)), sources)
 
@@ -224,34 +220,38 @@ def test_evaluate_sample_errors():
 
 def test_summarize_multisource_hand_counted():
   results = [
-      _result([0.6, 0.2], pixel_aps=[1.0, 0.5], num_objects=2),  # sample cIoU 0.4
-      _result([0.1, 0.0], pixel_aps=[0.5, 0.0], num_objects=1),  # 0.05, miscounted
-      _result([0.9], pixel_aps=[0.8], num_objects=1),  # 0.9
-      _result([0.3, 0.3, 0.3], pixel_aps=[0.3, 0.3, 0.3], num_objects=4),  # 0.3, miscounted
+      _result([0.6, 0.2], [0.9, 0.3], pixel_aps=[1.0, 0.5], num_objects=2),
+      _result([0.1, 0.0], [0.8, -np.inf], pixel_aps=[0.5, 0.0], num_objects=1),
+      _result([0.9], [0.7], pixel_aps=[0.8], num_objects=1),
+      _result([0.3, 0.7, 0.3], [0.2, 0.4, 0.5], pixel_aps=[0.3, 0.3, 0.3], num_objects=4),
   ]
   got = multisource.summarize_multisource(results)
   assert set(got) == {'cap', 'piap', 'ciou30', 'auc', 'count_acc', 'count_acc_1',
                       'count_acc_2', 'count_acc_3'}
-  assert got['piap'] == pytest.approx(np.mean([0.75, 0.25, 0.8, 0.3]))
-  assert got['ciou30'] == 0.75  # 0.4, 0.9, 0.3 >= 0.3
-  assert got['auc'] == pytest.approx(localization.success_rate_auc([0.4, 0.05, 0.9, 0.3]))
+  cious = [0.6, 0.2, 0.1, 0.0, 0.9, 0.3, 0.7, 0.3]
+  assert got['piap'] == pytest.approx(np.mean([1.0, 0.5, 0.5, 0.0, 0.8, 0.3, 0.3, 0.3]))
+  assert got['ciou30'] == 5 / 8  # 0.6, 0.9, 0.3, 0.7, 0.3 >= 0.3
+  assert got['auc'] == pytest.approx(localization.success_rate_auc(cious))
   assert got['count_acc'] == 0.5
   assert (got['count_acc_1'], got['count_acc_2'], got['count_acc_3']) == (1.0, 0.5, 0.0)
-  cious = [0.6, 0.2, 0.1, 0.0, 0.9, 0.3, 0.3, 0.3]
-  assert got['cap'] == pytest.approx(_reference_calc_ap(cious, [1.0] * 8))
+  # Position 0: cIoUs 0.6, 0.1, 0.9, 0.3 with confidences 0.9, 0.8, 0.7, 0.2 -> thresholds
+  # 0.8, 0.7, 0.2: (P 1/2, R 1/3), (P 2/3, R 2/3), (P 2/4, R 1) -> AP = 2/3 * (1/3 + 1/3).
+  # Position 1: cIoUs 0.2, 0.0 (unmatched), 0.7 with 0.3, -inf, 0.4 -> threshold 0.3:
+  # TP 1 FP 1 FN 1 -> one threshold, AP 0. Position 2: one entry, AP 0.
+  assert got['cap'] == pytest.approx((4 / 9 + 0 + 0) / 3)
 
 
-def test_summarize_multisource_class_aware_ap():
+def test_summarize_multisource_cap_averages_source_positions():
   rng = np.random.default_rng(4)
-  labels = rng.choice(['cello', 'flute', 'tuba'], size=(30, 2))
   cious, confidences = rng.uniform(size=(30, 2)), rng.uniform(size=(30, 2))
-  results = [_result(c, f, labels=l) for c, f, l in zip(cious, confidences, labels)]
-  expected = np.mean([
-      _reference_calc_ap(list(cious[labels == c]), list(confidences[labels == c]))
-      for c in ('cello', 'flute', 'tuba')])
+  results = [_result(c, f) for c, f in zip(cious, confidences)]
+  expected = np.mean([_reference_calc_ap(list(cious[:, j]), list(confidences[:, j]))
+                      for j in range(2)])
   assert multisource.summarize_multisource(results)['cap'] == pytest.approx(expected)
-  with pytest.raises(ValueError, match='some samples but not for others'):
-    multisource.summarize_multisource(results + [_result([0.5])])
+  expected = np.mean([_reference_calc_ap(list(cious[:, j]), list(confidences[:, j]), 0.3)
+                      for j in range(2)])
+  assert multisource.summarize_multisource(results, ap_iou_threshold=0.3)['cap'] == (
+      pytest.approx(expected))
 
 
 def test_summarize_multisource_missing_and_extra_source_counts():

@@ -1,31 +1,31 @@
 """Multi-source localization metrics: NoPrior Tables 1, 2, 5 and source counting (Sec. 4.6).
 
 NoPrior "follow[s] [Mix-and-Localize] for the modified version of CAP and CIoU" and AVGN
-for the rest; neither NoPrior nor Mix-and-Localize (hxixixh/mix-and-localize) publishes
-evaluation code, and stoneMo/AVGN publishes only its single-map evaluator (`utils.py`
-`EvaluatorFull`, `test.py`). avloc therefore builds the metrics from the public code that
-exists and says where each piece comes from:
+for the rest. Neither NoPrior nor Mix-and-Localize (hxixixh/mix-and-localize) publishes
+evaluation code. stoneMo/AVGN does: `utils.py` `EvaluatorFull` and `train.py`
+`validate_multi`, which scores each ground-truth source j of a mixture with its own
+evaluator (a class-conditioned map per source: median-binarized, `conf` = mean of the top
+quarter of the scores) and averages the evaluators' metrics over j. avloc follows it:
 
-- Matching (the class-agnostic modification): a model without class labels cannot assign
-  its maps to classes, so each sample's predicted object maps are matched to its
-  ground-truth sources greedily by cIoU: repeatedly take the (object, source) pair of
-  highest cIoU (ties: lowest object, then lowest source index), each used once. A source
-  left without an object (fewer objects than sources) scores cIoU 0, AP 0 and is never
-  detected. Extra objects are only counted by the source-counting accuracy.
-- cIoU of an object map: binarize it with `localization.binarize` (the run's protocol),
-  then `localization.ciou` against the source's binary map.
-- CAP: AVGN's detection AP (`EvaluatorFull.calc_ap`, reproduced by `detection_ap`): each
-  source is one entry ranked by the confidence of its matched object, a true positive when
-  its cIoU >= 0.5. "Class-aware": the AP is computed per ground-truth class and averaged
-  over classes when source labels are given; without labels it pools all sources.
-- PIAP: AVGN's pixel-level AP (`EvaluatorFull.update`:
-  `average_precision_score(infer.reshape(-1), gt.reshape(-1))`, binarized prediction as
-  the labels and ground-truth map as the scores, in that order), per matched source
-  (hence permutation-invariant), averaged over a sample's sources, then over samples.
-- CIoU@0.3 and AUC: class-aware cIoU as DSOL (DTaoo/Discriminative-Sounding-Objects-
-  Localization `music-exp/eval_duet.py`, the metric's origin): a sample's cIoU is the mean
-  over its sources; CIoU@0.3 is the fraction of samples >= 0.3 and AUC the success-rate
-  AUC (`localization.success_rate_auc`) of these per-sample values.
+- Matching (the class-agnostic modification): a model without class labels has no map per
+  ground-truth class, so each sample's predicted object maps are matched to its sources
+  greedily by cIoU: repeatedly take the (object, source) pair of highest cIoU (ties: lowest
+  object, then lowest source index), each used once. A source left without an object (fewer
+  objects than sources) scores cIoU 0 and pixel AP 0 and is never detected; extra objects
+  only enter the counting accuracy.
+- cIoU of an object map: binarize it with `localization.binarize` (AVGN: 'median'), then
+  `localization.ciou` against the source's binary map.
+- CAP: AVGN's detection AP (`EvaluatorFull.calc_ap`, reproduced by `detection_ap`) over the
+  sources at position j of their samples, ranked by the confidence of the matched object,
+  a true positive at cIoU >= 0.5; averaged over positions j as `validate_multi` averages
+  its per-source evaluators. (AVGN computes AP at 0.3, 0.5 and 0.75; which one its tables
+  report is not recorded in the code, so `ap_iou_threshold` is a parameter.)
+- PIAP: AVGN's pixel-level AP per source (`EvaluatorFull.update`:
+  `average_precision_score(infer.reshape(-1), gt.reshape(-1))`: binarized prediction as the
+  labels, ground-truth map as the scores, in that order), averaged over all sources.
+- CIoU@0.3 and AUC: AVGN `finalize_stats` per source: the fraction of sources with cIoU
+  >= 0.3 and the success-rate AUC (`localization.success_rate_auc`) of the source cIoUs.
+  For a fixed number of sources per sample these equal the average over positions j.
 - Single-source metrics (Table 2), AVGN `finalize_stats`: AP = `detection_ap` at 0.5,
   IoU@0.5 = fraction of samples with cIoU >= 0.5, AUC = success-rate AUC.
 - Counting accuracy: fraction of samples whose number of predicted objects equals the
@@ -50,7 +50,6 @@ class SampleResult:
   source_cious: np.ndarray  # [S] cIoU of the matched object, 0 when unmatched
   source_confidences: np.ndarray  # [S] confidence of the matched object, -inf when unmatched
   source_pixel_aps: np.ndarray  # [S] AVGN pixel AP of the matched object, 0 when unmatched
-  source_labels: tuple  # [S] class labels, or () when unknown
   num_objects: int  # number of predicted objects K
 
   @property
@@ -102,14 +101,13 @@ def pixel_average_precision(labels, scores) -> float:
   return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
-def evaluate_sample(object_maps, source_maps, source_labels: Sequence | None = None,
-                    protocol: str = 'median', threshold: float | None = None
-                    ) -> SampleResult:
+def evaluate_sample(object_maps, source_maps, protocol: str = 'median',
+                    threshold: float | None = None) -> SampleResult:
   """Scores one sample's predicted objects against its ground-truth sources.
 
   object_maps [K, H, W]: one score map per predicted object (K may be 0 or exceed S);
-  source_maps [S, H, W]: binary ground truth per source, S >= 1; source_labels [S]:
-  optional class labels. Each object map is binarized by `protocol` / `threshold`
+  source_maps [S, H, W]: binary ground truth per source, S >= 1 (a mixture of frames laid
+  side by side is one wide map). Each object map is binarized by `protocol` / `threshold`
   (`localization.binarize`) and its confidence taken by `object_confidence`.
   """
   object_maps, source_maps = np.asarray(object_maps), np.asarray(source_maps)
@@ -121,9 +119,6 @@ def evaluate_sample(object_maps, source_maps, source_labels: Sequence | None = N
   if len(object_maps) and object_maps.shape[1:] != source_maps.shape[1:]:
     raise ValueError(f'object maps {object_maps.shape[1:]} and source maps '
                      f'{source_maps.shape[1:]} differ in size')
-  labels = () if source_labels is None else tuple(source_labels)
-  if labels and len(labels) != len(source_maps):
-    raise ValueError(f'{len(labels)} source labels for {len(source_maps)} sources')
   binary = [localization.binarize(m, protocol, threshold) for m in object_maps]
   truth = source_maps != 0
   cious = np.array([[localization.ciou(b, t) for t in truth] for b in binary])
@@ -135,7 +130,7 @@ def evaluate_sample(object_maps, source_maps, source_labels: Sequence | None = N
     source_cious[s] = cious[k, s]
     confidences[s] = object_confidence(object_maps[k])
     pixel_aps[s] = pixel_average_precision(binary[k], truth[s])
-  return SampleResult(source_cious, confidences, pixel_aps, labels, len(object_maps))
+  return SampleResult(source_cious, confidences, pixel_aps, len(object_maps))
 
 
 def detection_ap(cious, confidences, iou_threshold: float = 0.5) -> float:
@@ -168,20 +163,19 @@ def detection_ap(cious, confidences, iou_threshold: float = 0.5) -> float:
   return float(np.sum(best_after[:-1] * np.diff(recall)))
 
 
-def _class_aware_ap(results: Sequence[SampleResult]) -> float:
-  cious = np.concatenate([r.source_cious for r in results])
-  confidences = np.concatenate([r.source_confidences for r in results])
-  labelled = [bool(r.source_labels) for r in results]
-  if not any(labelled):
-    return detection_ap(cious, confidences)
-  if not all(labelled):
-    raise ValueError('source labels are given for some samples but not for others')
-  labels = np.array([label for r in results for label in r.source_labels])
-  return float(np.mean([detection_ap(cious[labels == c], confidences[labels == c])
-                        for c in np.unique(labels)]))
+def _position_averaged_ap(results: Sequence[SampleResult], iou_threshold: float) -> float:
+  """Mean over source positions j of `detection_ap` over the j-th sources of the samples
+  (AVGN `validate_multi`: one evaluator per source of the mixture)."""
+  positions = range(max(r.num_sources for r in results))
+  return float(np.mean([
+      detection_ap([r.source_cious[j] for r in results if r.num_sources > j],
+                   [r.source_confidences[j] for r in results if r.num_sources > j],
+                   iou_threshold)
+      for j in positions]))
 
 
-def summarize_multisource(results: Sequence[SampleResult]) -> dict[str, float]:
+def summarize_multisource(results: Sequence[SampleResult],
+                          ap_iou_threshold: float = 0.5) -> dict[str, float]:
   """Dataset metrics of NoPrior Tables 1 and 5 and Sec. 4.6, fractions in [0, 1].
 
   Keys: 'cap', 'piap', 'ciou30', 'auc', 'count_acc' and 'count_acc_<n>' for n = 1, 2, 3
@@ -189,14 +183,14 @@ def summarize_multisource(results: Sequence[SampleResult]) -> dict[str, float]:
   """
   if not results:
     raise ValueError('summarize_multisource needs at least one sample')
-  sample_cious = np.array([np.mean(r.source_cious) for r in results])
+  source_cious = np.concatenate([r.source_cious for r in results])
   num_sources = np.array([r.num_sources for r in results])
   counted = np.array([r.num_objects == r.num_sources for r in results])
   metrics = {
-      'cap': _class_aware_ap(results),
-      'piap': float(np.mean([np.mean(r.source_pixel_aps) for r in results])),
-      'ciou30': float(np.mean(sample_cious >= 0.3)),
-      'auc': localization.success_rate_auc(sample_cious),
+      'cap': _position_averaged_ap(results, ap_iou_threshold),
+      'piap': float(np.mean(np.concatenate([r.source_pixel_aps for r in results]))),
+      'ciou30': float(np.mean(source_cious >= 0.3)),
+      'auc': localization.success_rate_auc(source_cious),
       'count_acc': float(np.mean(counted)),
   }
   for n in sorted(set(REPORTED_SOURCE_COUNTS) | set(num_sources.tolist())):
