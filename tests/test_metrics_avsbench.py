@@ -79,6 +79,8 @@ def test_mask_iou_shape_errors():
     avsbench.mask_iou(np.zeros((2, 4, 4)), np.zeros((2, 4, 5)))
   with pytest.raises(ValueError, match=r'must both be \[N, H, W\]'):
     avsbench.mask_iou(np.zeros((4, 4)), np.zeros((4, 4)))
+  with pytest.raises(ValueError, match='miou needs at least one sample'):
+    avsbench.miou(np.zeros((0, 4, 4)), np.zeros((0, 4, 4)))
 
 
 # ----------------------------------------------------------------------------- F-score

@@ -46,7 +46,10 @@ def mask_iou(pred_binary, gt) -> np.ndarray:
 
 def miou(pred_binary, gt) -> float:
   """Mean of `mask_iou` over the N samples."""
-  return float(np.mean(mask_iou(pred_binary, gt)))
+  ious = mask_iou(pred_binary, gt)
+  if ious.size == 0:
+    raise ValueError('miou needs at least one sample')
+  return float(np.mean(ious))
 
 
 def fscore_thresholds(num_thresholds: int = 255) -> np.ndarray:
