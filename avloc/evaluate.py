@@ -23,6 +23,7 @@ from avloc.data import pipeline, tfrecord
 from avloc.metrics import avsbench, localization, multisource, retrieval
 
 CENTER_PRIOR = 'center prior'
+AVSBENCH_FRAMES_PER_CLIP = 5
 _PRIOR_VARIANT = 'prior'
 
 
@@ -57,9 +58,12 @@ def source_maps(gt_kind: str, batch: dict, i: int, size: int) -> np.ndarray:
 
 
 class _SplitScores:
-  """Accumulates per-sample scores of one split for one map variant."""
+  """Accumulates per-sample scores of one split for one map variant. With mask ground
+  truth it also keeps the maps for mIoU and the F-score, computed per `fscore_batch`
+  consecutive samples as AVSBench does per 5-frame video (None: over the whole split)."""
 
-  def __init__(self):
+  def __init__(self, fscore_batch):
+    self.fscore_batch = fscore_batch
     self.cious, self.binary, self.soft, self.masks = [], [], [], []
 
   def add(self, heatmap, gt, protocol, threshold, keep_masks):
@@ -75,7 +79,8 @@ class _SplitScores:
     if self.masks:
       gt = np.stack(self.masks)
       scores['miou'] = avsbench.miou(np.stack(self.binary), gt)
-      scores['fscore'] = avsbench.fscore(np.stack(self.soft), gt)
+      scores['fscore'] = avsbench.fscore(np.stack(self.soft), gt,
+                                         batch_size=self.fscore_batch)
     return scores
 
 
@@ -88,6 +93,9 @@ class Evaluator:
     self.workdir = workdir
     self.log = log
     self.size = config.data.image.size
+    # localization.binarize takes a threshold for 'minmax' and none for 'median'.
+    self.threshold = (config.eval.threshold if config.eval.threshold_protocol == 'minmax'
+                      else None)
     self.method = methods.get_method(config.method)
     self.model = self.method.build_model(config)
     self.mesh = sharding.make_mesh()
@@ -137,6 +145,7 @@ class Evaluator:
     manifest = self.manifests[split]
     config = self.config.eval
     keep_masks = manifest.gt == tfrecord.GT_MASKS
+    fscore_batch = AVSBENCH_FRAMES_PER_CLIP if manifest.dataset == 'avsbench' else None
     scores, embeddings, labels, multi, visuals = {}, ([], []), [], [], []
     seen = 0
     for batch in self._batches(directory):
@@ -149,18 +158,16 @@ class Evaluator:
         gt = np.clip(gt_sources.sum(0), 0, 1) if len(gt_sources) > 1 else gt_sources[0]
         maps = {name: np.asarray(m[i]) for name, m in outputs['heatmaps'].items()}
         for name, heatmap in maps.items():
-          scores.setdefault(name, _SplitScores()).add(
-              heatmap, gt, config.threshold_protocol, config.threshold, keep_masks)
+          scores.setdefault(name, _SplitScores(fscore_batch)).add(
+              heatmap, gt, config.threshold_protocol, self.threshold, keep_masks)
         if 'image_embedding' in outputs:
           embeddings[0].append(outputs['image_embedding'][i])
           embeddings[1].append(outputs['audio_embedding'][i])
           labels.append(int(batch['label'][i]))
         if 'object_maps' in outputs:
           objects = np.asarray(outputs['object_maps'][i][outputs['object_valid'][i]])
-          binary = np.stack([localization.binarize(o, config.threshold_protocol,
-                                                   config.threshold) for o in objects]) \
-              if len(objects) else np.zeros((0, self.size, self.size), bool)
-          multi.append(multisource.evaluate_sample(binary, gt_sources))
+          multi.append(multisource.evaluate_sample(
+              objects, gt_sources, config.threshold_protocol, self.threshold))
         if len(visuals) < config.num_visualize:
           first = next(iter(maps.values()))
           visuals.append((batch['image'][i], gt, first))
@@ -173,7 +180,12 @@ class Evaluator:
       result.update({f'retrieval/{k}': v for k, v in retrieval.recall_at_k(
           np.stack(embeddings[0]), np.stack(embeddings[1]), np.asarray(labels)).items()})
     if multi:
-      result.update({f'multi/{k}': v for k, v in multisource.summarize(multi).items()})
+      if manifest.gt == tfrecord.GT_MULTISOURCE:
+        summary = multisource.summarize_multisource(multi)
+      else:
+        summary = {**multisource.summarize_single_source(multi),
+                   'count_acc': float(np.mean([r.num_objects == 1 for r in multi]))}
+      result.update({f'objects/{k}': v for k, v in summary.items()})
     if variables is not None:
       self._save_visuals(split, step, visuals)
     return result
@@ -223,12 +235,12 @@ class Evaluator:
 
 
 def _table_rows(label: str, scores: dict) -> list[tuple[str, dict]]:
-  """{'<variant>/<metric>', 'retrieval/<metric>', 'multi/<metric>'} -> one row per map
-  variant; the retrieval and multi-source metrics go on the first row."""
+  """{'<variant>/<metric>', 'retrieval/<metric>', 'objects/<metric>'} -> one row per map
+  variant; the retrieval and object metrics go on the first row."""
   shared = {k.partition('/')[2]: v for k, v in scores.items()
-            if k.startswith(('retrieval/', 'multi/'))}
+            if k.startswith(('retrieval/', 'objects/'))}
   variants = list(dict.fromkeys(k.partition('/')[0] for k in scores
-                                if not k.startswith(('retrieval/', 'multi/'))))
+                                if not k.startswith(('retrieval/', 'objects/'))))
   rows = []
   for n, variant in enumerate(variants):
     cells = {k.partition('/')[2]: v for k, v in scores.items() if k.startswith(variant + '/')}
