@@ -237,8 +237,7 @@ class Evaluator:
 def _table_rows(label: str, scores: dict) -> list[tuple[str, dict]]:
   """{'<variant>/<metric>', 'retrieval/<metric>', 'objects/<metric>'} -> one row per map
   variant; the retrieval and object metrics go on the first row."""
-  shared = {k.partition('/')[2]: v for k, v in scores.items()
-            if k.startswith(('retrieval/', 'objects/'))}
+  shared = {k: v for k, v in scores.items() if k.startswith(('retrieval/', 'objects/'))}
   variants = list(dict.fromkeys(k.partition('/')[0] for k in scores
                                 if not k.startswith(('retrieval/', 'objects/'))))
   rows = []
@@ -250,6 +249,9 @@ def _table_rows(label: str, scores: dict) -> list[tuple[str, dict]]:
 
 
 def _column_order(column: str):
+  """Map metrics, then retrieval, then object metrics; each in the papers' order."""
+  group, _, metric = column.rpartition('/')
   order = ['ap50', 'auc', 'ciou', 'miou', 'fscore', 'a2i_r1', 'a2i_r5', 'a2i_r10', 'i2a_r1',
-           'i2a_r5', 'i2a_r10', 'cap', 'piap', 'ciou30', 'count_acc']
-  return (order.index(column) if column in order else len(order), column)
+           'i2a_r5', 'i2a_r10', 'cap', 'piap', 'ciou30', 'ap', 'iou50', 'count_acc']
+  return (['', 'retrieval', 'objects'].index(group),
+          order.index(metric) if metric in order else len(order), metric)
