@@ -1,0 +1,93 @@
+r"""Train step throughput, compile time, memory and FLOP utilization; prints a table.
+
+  python benchmarks/train_step.py --config=configs/jsa.py:synthetic --batch_sizes=16,32,64
+  python benchmarks/train_step.py --config=configs/jsa.py --batch_sizes=64,256 \
+      --dtypes=float32,bfloat16   # the paper model, on an accelerator
+
+FLOP utilization = XLA's FLOP count of one compiled step / step time, over the FLOP/s
+of a large matmul of the same dtype measured in the same run. Where it is below 50%,
+the second table splits the step into the image encoder, the audio encoder (forward +
+backward each) and the rest, so it says which part dominates.
+"""
+
+import time
+
+import common  # sets up the import path; pylint: disable=g-bad-import-order
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+from ml_collections import config_flags
+
+from avloc import methods
+
+_CONFIG = config_flags.DEFINE_config_file('config', 'configs/jsa.py:synthetic', 'Config.')
+_BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['16', '32', '64'], 'Global batch sizes.')
+_DTYPES = flags.DEFINE_list('dtypes', ['float32'], 'Compute dtypes (train.compute_dtype).')
+_REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed steps per setting.')
+
+
+def encoder_costs(config, setup) -> dict[str, float]:
+  """Seconds of forward + backward of each encoder alone on the benchmark batch."""
+  model = methods.get_method(config.method).build_model(config)
+  variables = {'params': setup.state.params, 'batch_stats': setup.state.batch_stats}
+  costs = {}
+  for name, field, inputs in (('image encoder', 'image_encoder', setup.batch['image']),
+                              ('audio encoder', 'audio_encoder', setup.batch['spectrogram'])):
+    def loss(params, x, field=field):
+      def forward(module, x):
+        return getattr(module, field)(x, train=True)
+      out, _ = model.apply({**variables, 'params': params}, x, method=forward,
+                           mutable=['batch_stats'])
+      return jnp.sum(out.astype(jnp.float32) ** 2)
+    costs[name] = common.timed(jax.jit(jax.grad(loss)), setup.state.params, inputs,
+                               repeats=_REPEATS.value)
+  return costs
+
+
+def main(argv):
+  del argv
+  print(common.machine())
+  rows, breakdown = [], []
+  for dtype in _DTYPES.value:
+    config = _CONFIG.value.copy_and_resolve_references()
+    config.train.compute_dtype = dtype
+    peak = common.matmul_peak(dtype=jnp.bfloat16 if dtype == 'bfloat16' else jnp.float32)
+    for batch_size in map(int, _BATCH_SIZES.value):
+      setup = common.train_setup(config, batch_size)
+      state, step = setup.state, setup.step
+      start = time.perf_counter()
+      state, metrics = step(state, setup.batch)
+      jax.block_until_ready(metrics)
+      compile_seconds = time.perf_counter() - start
+      flops = common.compiled_flops(step, state, setup.batch)
+      old_leaf = jax.tree_util.tree_leaves(state.params)[0]
+      start = time.perf_counter()
+      for _ in range(_REPEATS.value):
+        state, metrics = step(state, setup.batch)
+      jax.block_until_ready(metrics)
+      seconds = (time.perf_counter() - start) / _REPEATS.value
+      recompiled = step._cache_size() != 1  # pylint: disable=protected-access
+      utilization = flops / seconds / peak
+      rows.append([dtype, batch_size, f'{compile_seconds:.1f}', f'{seconds:.3f}',
+                   f'{batch_size / seconds:.1f}', f'{flops / 1e9:.1f}',
+                   f'{flops / seconds / 1e9:.1f}', f'{peak / 1e9:.0f}',
+                   f'{100 * utilization:.0f}%', f'{common.peak_host_memory_gib():.2f}',
+                   f'{common.device_memory_gib():.2f}',
+                   'no' if recompiled else 'yes', 'yes' if old_leaf.is_deleted() else 'no'])
+      if utilization < 0.5:
+        costs = encoder_costs(config, common.TrainSetup(setup.mesh, state, step, setup.batch))
+        rest = seconds - sum(costs.values())
+        breakdown.append([dtype, batch_size, *(f'{c:.3f} ({100 * c / seconds:.0f}%)'
+                                               for c in (*costs.values(), rest))])
+  common.print_table(
+      f'Train step, {_CONFIG.value.method} ({jax.device_count()} device(s))',
+      ['dtype', 'batch', 'compile s', 'step s', 'samples/s', 'GFLOP/step', 'GFLOP/s',
+       'peak GFLOP/s', 'utilization', 'host GiB', 'device GiB', 'one compile', 'donated'],
+      rows)
+  if breakdown:
+    common.print_table('Where the step time goes (forward + backward)',
+                       ['dtype', 'batch', 'image encoder', 'audio encoder', 'rest'], breakdown)
+
+
+if __name__ == '__main__':
+  app.run(main)
