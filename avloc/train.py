@@ -78,8 +78,8 @@ def create_train_state(config, model, tx, mesh) -> TrainState:
   """Initializes replicated parameters, BatchNorm statistics and optimizer state."""
   shapes = input_shapes(config, 2, train=True)
 
-  def init(rng):
-    params_rng, mask_rng, state_rng = jax.random.split(rng, 3)
+  def init(params_rng, rng):
+    mask_rng, state_rng = jax.random.split(rng)
     variables = model.init(
         {'params': params_rng, 'mask': mask_rng},
         jnp.zeros(shapes['image'].shape, jnp.uint8),
@@ -88,8 +88,11 @@ def create_train_state(config, model, tx, mesh) -> TrainState:
                       batch_stats=variables.get('batch_stats', {}),
                       opt_state=tx.init(variables['params']), rng=state_rng)
 
+  # Parameters are drawn with the 'rbg' generator: XLA compiles the initializers of a
+  # ResNet with it several times faster than with threefry (30 s -> 5 s on 2 CPU cores).
+  params_rng = jax.random.key(config.train.seed, impl='rbg')
   rng = jax.random.PRNGKey(config.train.seed)
-  return jax.jit(init, out_shardings=sharding.replicated(mesh))(rng)
+  return jax.jit(init, out_shardings=sharding.replicated(mesh))(params_rng, rng)
 
 
 def make_train_step(config, model, method, tx, mesh):

@@ -1,10 +1,17 @@
 """Test session set-up: 4 fake CPU devices (multi-device code runs data-parallel in every
-test) and absl flags marked parsed (Grain worker processes require it)."""
+test), absl flags marked parsed (Grain worker processes require it), and a persistent
+compilation cache for the session, so tests that build the same train step again (the
+kill-and-resume runs) reuse the executable instead of recompiling it."""
 
 import os
+import tempfile
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=4')
 
+import jax  # noqa: E402  pylint: disable=g-import-not-at-top
 from absl import flags  # noqa: E402  pylint: disable=g-import-not-at-top
 
 flags.FLAGS.mark_as_parsed()
+_CACHE = tempfile.TemporaryDirectory(prefix='avloc-test-jax-cache-')
+jax.config.update('jax_compilation_cache_dir', _CACHE.name)
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
