@@ -18,8 +18,10 @@ import ml_collections
 
 from avloc import config as config_lib
 from avloc.losses import jsa as jsa_losses
+from avloc.losses import noprior as noprior_losses
 from avloc.models import jsa as jsa_model
 from avloc.models import maps
+from avloc.models import noprior as noprior_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,8 +80,51 @@ def _check_jsa_config(config):
           config.eval.iqr_alpha)
 
 
+def _build_noprior(config):
+  return noprior_model.NoPrior(
+      **config.model.to_dict(), image_mean=tuple(config.data.image.mean),
+      image_std=tuple(config.data.image.std), dtype=compute_dtype(config))
+
+
+def _noprior_loss(outputs, config):
+  return noprior_losses.noprior_loss(outputs, config.loss)
+
+
+def _noprior_localize(model, variables, image, spectrogram, config):
+  del config
+  outputs = model.apply(variables, image, spectrogram, method=model.localize)
+  size = image.shape[1:3]
+  # Bicubic overshoot is clipped: object maps stay calibrated scores in [0, 1].
+  objects = jnp.clip(maps.upsample_bicubic(outputs['object_maps'], size), 0.0, 1.0)
+  return dict(heatmaps={'sam': maps.upsample_bicubic(outputs['sound_map'], size)},
+              lowres={'sam': outputs['sound_map']},
+              object_maps=objects, object_valid=outputs['object_valid'])
+
+
+def _check_noprior_config(config):
+  model, loss = config.model, config.loss
+  require = config_lib.require
+  require(-1.0 <= model.mask_alpha <= 1.0, 'model.mask_alpha', 'must be a cosine in [-1, 1]',
+          model.mask_alpha)
+  require(model.mask_omega > 0, 'model.mask_omega', 'must be > 0', model.mask_omega)
+  # Algorithm 1 zeroes the cells it has found: a negative epsilon would pick them again.
+  require(0.0 <= model.ioi_epsilon < 1.0, 'model.ioi_epsilon', 'must be in [0, 1)',
+          model.ioi_epsilon)
+  for name in ('tau1', 'tau2'):
+    require(-1.0 <= model[name] <= 1.0, f'model.{name}', 'must be a cosine in [-1, 1]',
+            model[name])
+  require(model.max_objects >= 1, 'model.max_objects', 'must be >= 1', model.max_objects)
+  require(loss.temperature > 0, 'loss.temperature', 'must be > 0', loss.temperature)
+  for name in ('lambda_avc', 'lambda_osc'):
+    require(loss[name] >= 0, f'loss.{name}', 'must be >= 0', loss[name])
+  require(config.data.mixture.num_sources >= 1, 'data.mixture.num_sources', 'must be >= 1',
+          config.data.mixture.num_sources)
+
+
 _METHODS = {
     'jsa': Method('jsa', _build_jsa, _jsa_loss, _jsa_localize, _check_jsa_config),
+    'noprior': Method('noprior', _build_noprior, _noprior_loss, _noprior_localize,
+                      _check_noprior_config),
 }
 
 

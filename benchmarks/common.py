@@ -16,7 +16,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
-from avloc import methods, sharding, train  # noqa: E402  pylint: disable=g-import-not-at-top
+from avloc import methods, sharding  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
 def timed(fn, *args, repeats: int = 3, warmup: int = 1) -> float:
@@ -66,6 +66,7 @@ class TrainSetup:
 
 def train_setup(config, batch_size: int, devices=None, seed: int = 0) -> TrainSetup:
   """Train state, compiled-on-first-call step and a random batch for `config`."""
+  from avloc import train  # pylint: disable=g-import-not-at-top  (pulls in the data stack)
   method = methods.get_method(config.method)
   mesh = sharding.make_mesh(devices)
   model = method.build_model(config)

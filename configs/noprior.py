@@ -37,10 +37,12 @@ def get_config(variant: str = 'vggsound_144k') -> ml_collections.ConfigDict:
       ioi_epsilon=0.0,  # Algorithm 1 stops when max(S_v) <= epsilon
       tau1=0.7,  # background filter on the object bank (Sec. 3.4)
       tau2=0.6,  # same-object threshold for the clustering (Sec. 3.4)
+      max_objects=8,  # object maps returned by localize, first found first (not in paper)
   ))
   config.loss = ml_collections.ConfigDict(dict(
       lambda_avc=1.0,  # lambda_1 of Eq. 5
       lambda_osc=1.0,  # lambda_2 of Eq. 5
+      temperature=1.0,  # divides Pos and Neg of Eq. 3 (1 = as printed; LVS uses 0.07)
   ))
   config.optim = cfg.optim_config('adam', 1e-4, 0.0)
   config.train = cfg.train_config(batch_size=128, epochs=50)

@@ -1,0 +1,283 @@
+"""The NoPrior model: sound-associated map, Iterative Object Identification and object
+clustering (NoPrior Secs. 3.1-3.4, Algorithm 1).
+
+`NoPrior.__call__` is the training forward pass and returns what the losses of Eqs. 3-5
+need; `NoPrior.localize` is the inference pass (Sec. 3.4). Inputs may be mixtures: n
+frames side by side give an image of width n * height and a feature map [h, n*w]; every
+function here works on the flattened cells, N = h * w for any grid.
+
+IOI runs over the whole batch in one `jax.lax.while_loop` with static shapes: the object
+bank has one slot per iteration, at most N (every iteration removes at least its own
+cell from S_v), with a validity mask. While loops are not reverse-differentiable, so the
+loop only chooses cells and regions (on stop-gradient inputs); the bank entries E_p are
+gathered from F_hat after it, and gradients reach both encoders through them (OSC loss,
+Eq. 4). benchmarks/ioi.py times it against a per-sample Python loop.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from avloc.losses.jsa import l2_normalize
+from avloc.models.resnet import IMAGENET_MEAN, IMAGENET_STD, AudioEncoder, ImageEncoder
+
+# Guards divisions by norms, and the mean of E_n when the mask covers every cell.
+_EPS = 1e-12
+
+
+def sound_association(image_features, audio_features):
+  """Eq. 1 for every (image n, audio m) pair.
+
+  image_features [B, N, D] (F_v cells), audio_features [B, f, t, D] (F_a). Returns
+  cells [B, N, D]: F_v cells L2-normalized; audio [B, D]: l_a = GAP(F_a), normalized;
+  similarity [B, B, N]: S_v^{n->m}, image n and audio m.
+
+  S_v is the raw cosine Sim(F_v_ij, l_a) in [-1, 1]. Eq. 1 as printed also divides by
+  the map's sum over cells; we leave that out, as LVS (which NoPrior builds on) and the
+  official release do: Eq. 2 compares S_v with alpha = 0.65, a cosine level, where
+  sum-normalized values would be about 1/N (and a sum of signed cosines can vanish or
+  change sign), and Algorithm 1's stop rule max(S_v) <= epsilon then reads "no cell with
+  a cosine above epsilon is left". l_a is the global *average* pool of the paper (the
+  release max-pools).
+  """
+  cells = l2_normalize(image_features)
+  audio = l2_normalize(jnp.mean(audio_features, axis=(1, 2)))
+  return cells, audio, jnp.einsum('nkd,md->nmk', cells, audio)
+
+
+def sound_mask(sound_map, alpha, omega):
+  """Eq. 2: M = sigmoid((S_v - alpha) / omega) on the raw cosine map, any shape."""
+  return jax.nn.sigmoid((sound_map - alpha) / omega)
+
+
+def background_embedding(cells, mask):
+  """E_n [B, D] (Sec. 3.3): mean of the cells left out of F_hat, i.e. of the normalized
+  F_v cells [B, N, D] weighted by 1 - M [B, N].
+
+  The paper averages "the background cells that were excluded during the creation of
+  F_hat"; we weight by the soft background 1 - M of Eq. 2 (no extra threshold) and
+  average F_v cells, so that E_n is the background's appearance that the tau1 filter of
+  Sec. 3.4 compares bank cells with. (The release averages F_hat * (1 - M') over all
+  cells, M' with a lower threshold.)
+  """
+  weights = 1.0 - mask
+  total = jnp.einsum('bn,bnd->bd', weights, cells)
+  return total / jnp.maximum(jnp.sum(weights, axis=1, keepdims=True), _EPS)
+
+
+def iterative_object_identification(sound_map, features, background, epsilon):
+  """Algorithm 1 on a batch, one `jax.lax.while_loop` with static shapes.
+
+  sound_map [B, N]: S_v; features [B, N, D]: F_hat = S_v * F_v; background [B, D]: E_n.
+  Every iteration, for each sample not yet done: E_p = F_hat at argmax(S_v) (ties: the
+  lowest cell index); R_p = <F_hat, E_p>, R_n = <F_hat, E_n> per cell; the sound-making
+  region R_p > R_n, plus the argmax cell itself (its R_p = |E_p|^2 need not beat R_n,
+  and without it S_v could keep its maximum forever); S_v <- S_v * not(region); bank
+  slot t <- (argmax cell, region, R_p). A sample is done once max(S_v) <= epsilon (also
+  before the first iteration); the loop ends when all are done, after at most N
+  iterations. Regions may overlap, as in Algorithm 1.
+
+  Returns a dict, T = N: index [B, T] int32, the cell of E_p^t; region [B, T, N] bool;
+  foreground [B, T, N]: R_p^t; background [B, N]: R_n; valid [B, T] bool, slot t filled
+  (the first `iterations` slots); iterations [B] int32. Unfilled slots hold index 0 and
+  zeros.
+  """
+  sound_map, features, background = map(jnp.asarray, (sound_map, features, background))
+  batch, cells = sound_map.shape
+  # Every R_p^t is a row of the Gram matrix of F_hat: one batched matmul up front, and
+  # each iteration gathers a row instead of streaming F_hat again.
+  gram = jnp.einsum('bnd,bmd->bnm', features, features)
+  negative = jnp.einsum('bnd,bd->bn', features, background)  # R_n, fixed over iterations
+  rows = jnp.arange(batch)
+  positions = jnp.arange(cells)
+
+  def not_done(state):
+    return (state['step'] < cells) & ~jnp.all(state['done'])
+
+  def iterate(state):
+    step, active = state['step'], ~state['done']
+    peak = jnp.argmax(state['remaining'], axis=1)
+    positive = gram[rows, peak]  # R_p^t = <F_hat, E_p^t> [B, N]
+    found = ((positive > negative) | (positions == peak[:, None])) & active[:, None]
+    remaining = state['remaining'] * ~found
+    return dict(
+        step=step + 1, remaining=remaining,
+        done=state['done'] | (jnp.max(remaining, axis=1) <= epsilon),
+        index=state['index'].at[:, step].set(jnp.where(active, peak, 0)),
+        region=state['region'].at[:, step].set(found),
+        valid=state['valid'].at[:, step].set(active))
+
+  state = jax.lax.while_loop(not_done, iterate, dict(
+      step=jnp.zeros((), jnp.int32), remaining=sound_map,
+      done=jnp.max(sound_map, axis=1) <= epsilon, index=jnp.zeros((batch, cells), jnp.int32),
+      region=jnp.zeros((batch, cells, cells), bool), valid=jnp.zeros((batch, cells), bool)))
+  foreground = jnp.take_along_axis(gram, state['index'][..., None], axis=1)
+  return dict(index=state['index'], region=state['region'],
+              foreground=foreground * state['valid'][..., None], background=negative,
+              valid=state['valid'], iterations=jnp.sum(state['valid'], axis=1, dtype=jnp.int32))
+
+
+def bank_similarities(ioi, background):
+  """Sec. 3.4's cosines, read off Algorithm 1's inner products (no new Gram matrix).
+
+  ioi: `iterative_object_identification`'s dict; background [B, D]: E_n. Since E_p^s is
+  F_hat at cell index_s, <E_p^t, E_p^s> = R_p^t[index_s] and <E_n, E_p^t> =
+  R_n[index_t]. Returns cos(E_p^s, E_p^t) [B, T, T] (symmetrized) and cos(E_n, E_p^t)
+  [B, T]; unfilled slots give zeros.
+  """
+  index = ioi['index']
+  batch, slots = index.shape
+  products = jnp.take_along_axis(  # [b, t, s] = <E_p^t, E_p^s>
+      ioi['foreground'], jnp.broadcast_to(index[:, None, :], (batch, slots, slots)), axis=2)
+  products = (products + jnp.swapaxes(products, 1, 2)) / 2
+  norms = jnp.sqrt(jnp.maximum(jnp.diagonal(products, axis1=1, axis2=2), 0.0))  # |E_p^t|
+  pairwise = products / jnp.maximum(norms[:, :, None] * norms[:, None, :], _EPS)
+  with_background = jnp.take_along_axis(ioi['background'], index, axis=1) / jnp.maximum(
+      norms * jnp.linalg.norm(background, axis=-1, keepdims=True), _EPS)
+  return pairwise, with_background
+
+
+def connected_components(adjacency):
+  """[B, T, T] symmetric bool -> [B, T] int32: each node's smallest connected index.
+
+  Label propagation in a `jax.lax.while_loop` until nothing changes: every node takes
+  the smallest label among itself and its neighbours, then the label of its label
+  (pointer jumping). A label is always a node of the same component with an index no
+  larger than the node's, so the fixed point is the component minimum: union-find's
+  root when unions keep the smaller root. Each round costs O(T^2) per sample; the rounds
+  number about the log of the components' diameter (at most T).
+  """
+  size = adjacency.shape[-1]
+  start = jnp.broadcast_to(jnp.arange(size, dtype=jnp.int32), adjacency.shape[:-1])
+
+  def propagate(state):
+    labels, _ = state
+    neighbours = jnp.min(jnp.where(adjacency, labels[:, None, :], size), axis=-1)
+    smaller = jnp.minimum(labels, neighbours)
+    jumped = jnp.take_along_axis(smaller, smaller, axis=-1)
+    return jumped, jnp.any(jumped != labels)
+
+  labels, _ = jax.lax.while_loop(lambda state: state[1], propagate, (start, jnp.array(True)))
+  return labels
+
+
+def identify_objects(similarity, background_similarity, valid, tau1, tau2):
+  """Sec. 3.4: bank entries -> object labels.
+
+  similarity [B, T, T]: cos(E_p^s, E_p^t); background_similarity [B, T]: cos(E_n, E_p^t);
+  valid [B, T]. Entries with cos(E_n, E_p) > tau1 are background; the others are grouped
+  into objects, two entries joined when their cosine is > tau2, transitively (union-find
+  in the paper, connected components here). Returns labels [B, T] int32: an object is
+  named by its first bank slot (the entry of highest S_v when found); -1 for background
+  and empty slots.
+  """
+  kept = valid & ~(background_similarity > tau1)
+  labels = connected_components((similarity > tau2) & kept[:, :, None] & kept[:, None, :])
+  return jnp.where(kept, labels, -1)
+
+
+def object_roots(labels):
+  """[B, T] labels -> [B, T] bool, slot t names an object (its first entry)."""
+  return labels == jnp.arange(labels.shape[1])
+
+
+def object_maps(ioi, labels, max_objects):
+  """One calibrated map per object (Sec. 3.4, "combine the localization maps").
+
+  ioi: `iterative_object_identification`'s dict; labels [B, T]. The t-th localization
+  map is R_p^t - R_n = <F_hat, E_p^t - E_n>, positive exactly on the t-th sound-making
+  region (but for a forced argmax cell); an object's map is their maximum over its
+  entries, so it is positive on the union of its regions. Every vector has norm <= 1,
+  so the map lies in [-2, 2]: (map + 2) / 4 gives fixed-bound scores in [0, 1],
+  comparable across images (the evaluation's object confidence is the mean of the top
+  quarter). Objects are kept in the order found, the first `max_objects`.
+
+  Returns maps [B, K, N] and valid [B, K] bool, K = max_objects.
+  """
+  slots = labels.shape[1]
+  roots = object_roots(labels)
+  order = jnp.argsort(jnp.where(roots, 0, slots) + jnp.arange(slots), axis=1)
+  order = order[:, :max_objects]
+  found = jnp.take_along_axis(roots, order, axis=1)
+  members = (labels[:, None, :] == order[:, :, None]) & found[:, :, None]  # [B, K, T]
+  scores = ioi['foreground'] - ioi['background'][:, None]  # [B, T, N]
+  combined = jnp.max(jnp.where(members[..., None], scores[:, None], -2.0), axis=2)
+  calibrated = jnp.where(found[..., None], (combined + 2.0) / 4.0, 0.0)
+  missing = max_objects - order.shape[1]  # fewer bank slots than max_objects
+  return (jnp.pad(calibrated, ((0, 0), (0, missing), (0, 0))),
+          jnp.pad(found, ((0, 0), (0, missing))))
+
+
+class NoPrior(nn.Module):
+  """NoPrior model. uint8 image [B, H, W, 3] (W = n * H for n-frame mixtures),
+  spectrogram [B, F, T, 1]."""
+
+  dim: int = 512
+  width: int = 64
+  stem_pool: bool = True
+  mask_alpha: float = 0.65
+  mask_omega: float = 0.03
+  ioi_epsilon: float = 0.0
+  tau1: float = 0.7
+  tau2: float = 0.6
+  max_objects: int = 8
+  image_mean: tuple[float, ...] = IMAGENET_MEAN
+  image_std: tuple[float, ...] = IMAGENET_STD
+  dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    self.image_encoder = ImageEncoder(
+        self.dim, self.width, self.stem_pool, self.image_mean, self.image_std, self.dtype)
+    self.audio_encoder = AudioEncoder(self.dim, self.width, self.stem_pool, 'none', self.dtype)
+
+  def _identify(self, image, spectrogram, train):
+    """Encoders, Eqs. 1-2, F_hat, E_n, Algorithm 1 and Sec. 3.4 (float32 after the
+    encoders: the cosines feed thresholds and argmaxes)."""
+    feature_map = self.image_encoder(image, train).astype(jnp.float32)
+    batch, height, width, dim = feature_map.shape
+    audio_map = self.audio_encoder(spectrogram, train).astype(jnp.float32)
+    cells, _, similarity = sound_association(
+        feature_map.reshape(batch, height * width, dim), audio_map)
+    sound_map = jnp.diagonal(similarity).T  # S_v^{n->n} [B, N]
+    mask = sound_mask(sound_map, self.mask_alpha, self.mask_omega)
+    features = sound_map[..., None] * cells  # F_hat, on unit F_v cells (LVS, the release)
+    background = background_embedding(cells, mask)
+    # The IOI decisions are not differentiated; the bank entries are, through F_hat.
+    features_sg, background_sg = jax.lax.stop_gradient((features, background))
+    ioi = iterative_object_identification(
+        jax.lax.stop_gradient(sound_map), features_sg, background_sg, self.ioi_epsilon)
+    bank = jnp.take_along_axis(features, ioi['index'][..., None], axis=1)
+    labels = identify_objects(*bank_similarities(ioi, background_sg), ioi['valid'],
+                              self.tau1, self.tau2)
+    return dict(similarity=similarity, mask=mask, sound_map=sound_map, ioi=ioi,
+                background=background, bank=bank, object_labels=labels, grid=(height, width))
+
+  def __call__(self, image, spectrogram, train: bool = True):
+    """Training forward pass. Returns:
+
+    similarity [B, B, N]: S_v^{n->m} (Eq. 1); mask [B, N]: M^n (Eq. 2);
+    bank [B, T, D]: E_p^t = F_hat at the t-th chosen cell (T = N), bank_valid [B, T];
+    object_labels [B, T] int32 (Sec. 3.4, -1: background / empty); background [B, D]:
+    E_n; iterations [B] int32: Algorithm 1's T per sample.
+    """
+    out = self._identify(image, spectrogram, train)
+    return dict(similarity=out['similarity'], mask=out['mask'], bank=out['bank'],
+                bank_valid=out['ioi']['valid'], object_labels=out['object_labels'],
+                background=out['background'], iterations=out['ioi']['iterations'])
+
+  def localize(self, image, spectrogram):
+    """Inference pass (BatchNorm running statistics). Returns:
+
+    sound_map [B, h, w]: S_v (raw cosine); object_maps [B, K, h, w] in [0, 1] and
+    object_valid [B, K] (`object_maps`, K = max_objects); num_objects [B] int32 (K_b,
+    before the max_objects cut); iterations [B] int32.
+    """
+    out = self._identify(image, spectrogram, False)
+    batch, (height, width) = image.shape[0], out['grid']
+    objects, valid = object_maps(out['ioi'], out['object_labels'], self.max_objects)
+    return dict(sound_map=out['sound_map'].reshape(batch, height, width),
+                object_maps=objects.reshape(batch, self.max_objects, height, width),
+                object_valid=valid,
+                num_objects=jnp.sum(object_roots(out['object_labels']), axis=1,
+                                    dtype=jnp.int32),
+                iterations=out['ioi']['iterations'])
