@@ -5,7 +5,7 @@ r"""Trains and evaluates an avloc model.
   python -m avloc.main --config=configs/noprior.py --config.train.batch_size=64 ...
 """
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from avloc import experiment, sharding
@@ -25,6 +25,8 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:  # keep library INFO logs out of the progress lines
+    logging.set_verbosity(logging.WARNING)
   sharding.initialize_distributed(_DISTRIBUTED.value)
   experiment.run(_CONFIG.value, _WORKDIR.value, _MODE.value)
 

@@ -19,7 +19,7 @@ _VARIANTS = {
     'flickr_144k': ('flickr_144k', 50, 1.0, 'flickr_test,vggss'),
     'flickr_10k': ('flickr_10k', 100, 0.1, 'flickr_test,vggss'),
     'heard110': ('vggsound_heard110', 50, 1.0, 'vggss_heard110,vggss_unheard110'),
-    'synthetic': ('synthetic_train', 8, 1.0, 'synthetic_test'),
+    'synthetic': ('synthetic_train', 5, 1.0, 'synthetic_test'),
 }
 
 
@@ -75,11 +75,11 @@ def _cpu_sized(config: ml_collections.ConfigDict) -> None:
   """A narrow network and short clips: trains in minutes on 2 CPU cores."""
   config.data.image.hard_augment = False
   config.data.spec_augment = False
-  config.data.image.size = 112
-  config.data.image.train_resize = 124
-  config.data.audio.seconds = 2.0
-  config.data.synthetic.audio_seconds = 2.0
-  config.model.update(dim=128, width=16, stem_pool=False, mlp_dim=256)
+  config.data.image.size = 160
+  config.data.image.train_resize = 176
+  config.data.audio.seconds = 1.0
+  config.data.synthetic.audio_seconds = 1.0
+  config.model.update(dim=128, width=16, mlp_dim=256)
   config.loss.k = 5
   config.optim.learning_rate = 5e-4
   config.optim.schedule = 'cosine'

@@ -115,7 +115,7 @@ def color_jitter(image: np.ndarray, rng: np.random.Generator, strength: float,
                  hue: float) -> np.ndarray:
   """torchvision ColorJitter(strength, strength, strength, hue): brightness, contrast,
   saturation factors uniform in [1 - strength, 1 + strength] and a hue shift uniform in
-  [-hue, hue], applied in a random order."""
+  [-hue, hue], applied in a random order (PIL's 8-bit HSV for the hue step)."""
   factors = rng.uniform(max(0.0, 1 - strength), 1 + strength, 3)
   shift = rng.uniform(-hue, hue)
   out = image.astype(np.float32)
@@ -128,7 +128,7 @@ def color_jitter(image: np.ndarray, rng: np.random.Generator, strength: float,
     elif op == 2:
       gray = (out @ _GRAY)[..., None]
       out = np.clip(factors[2] * out + (1 - factors[2]) * gray, 0, 255)
-    else:
+    elif hue > 0:  # torchvision skips the hue step when hue = 0
       hsv = np.asarray(Image.fromarray(out.round().astype(np.uint8)).convert('HSV')).copy()
       hsv[..., 0] = (hsv[..., 0].astype(np.int32) + round(shift * 255)) % 256
       out = np.asarray(Image.fromarray(hsv, 'HSV').convert('RGB'), np.float32)

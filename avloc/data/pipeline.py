@@ -29,8 +29,10 @@ from avloc.data import image as image_lib
 from avloc.data import tfrecord
 
 
-class RecordSource(grain.sources.RandomAccessDataSource):
-  """Serialized records of a prepared split, by global index (shard order)."""
+class RecordSource:
+  """Serialized records of a prepared split, by global index (shard order). Pipelines
+  iterate over indices and read inside their transforms, so a corrupt record is
+  reported (or skipped) like any other bad record."""
 
   def __init__(self, split_dir: str):
     self.split_dir = split_dir
@@ -47,14 +49,14 @@ class RecordSource(grain.sources.RandomAccessDataSource):
     file, offset = self._locations[index]
     return f'{os.path.join(self.split_dir, file)} (record {index}, byte {offset})'
 
-  def __getitem__(self, index: int) -> tuple[int, bytes]:
+  def read(self, index: int) -> bytes:
     file, offset = self._locations[index]
     path = os.path.join(self.split_dir, file)
     with self._lock:  # file handles are per process (opened lazily, after fork)
       key = (os.getpid(), file)
       if key not in self._files:
         self._files[key] = open(path, 'rb')  # pylint: disable=consider-using-with
-      return index, tfrecord.read_record_at(self._files[key], offset, path)
+      return tfrecord.read_record_at(self._files[key], offset, path)
 
   def __getstate__(self):
     state = dict(self.__dict__)
@@ -90,10 +92,9 @@ class _Decoder:
     self.config = config
     self.skipped = 0
 
-  def decode(self, item, transform):
-    index, data = item
+  def decode(self, index: int, transform):
     try:
-      example = tfrecord.decode_example(data)
+      example = tfrecord.decode_example(self.source.read(index))
       example['image'] = image_lib.decode_image(example['image'])
       example['waveform'] = tfrecord.pcm16_waveform(example['audio'])
       if example['waveform'].size == 0:
@@ -136,19 +137,19 @@ def train_dataset(config: ml_collections.ConfigDict, split_dir: str, *, seed: in
   length = audio_lib.num_samples(config.data.audio)
   decoder = _Decoder(source, config)
 
-  def example(items, rng):
+  def example(indices, rng):
     """n records -> model inputs: frames side by side, waveforms summed before the
     spectrogram (NoPrior Sec. 4.1); n = 1 is a plain pair."""
-    parts = [decoder.decode(item, lambda _, e: (
+    parts = [decoder.decode(index, lambda _, e: (
         image_lib.train_transform(e['image'], rng, config.data.image),
-        audio_lib.fit_length(e['waveform'], length))) for item in items]
+        audio_lib.fit_length(e['waveform'], length))) for index in indices]
     if any(part is None for part in parts):
       return None
     images, waveforms = zip(*parts)
     return {'image': np.concatenate(images, axis=1),
             'spectrogram': _spectrogram(np.sum(waveforms, axis=0), config, rng)}
 
-  dataset = (grain.MapDataset.source(source).seed(seed).shuffle()
+  dataset = (grain.MapDataset.range(len(source)).seed(seed).shuffle()
              .slice(slice(process_index, None, process_count))
              .repeat(None)
              .batch(sources, drop_remainder=True, batch_fn=list)
@@ -232,11 +233,11 @@ def eval_dataset(config: ml_collections.ConfigDict, split_dir: str,
   classes = source.manifest.classes
   decoder = _Decoder(source, config)
 
-  def decode(item):
-    return decoder.decode(item, lambda index, example: eval_example(
+  def decode(index):
+    return decoder.decode(index, lambda index, example: eval_example(
         example, index, classes, config))
 
-  dataset = grain.MapDataset.source(source).map(decode).to_iter_dataset()
+  dataset = grain.MapDataset.range(len(source)).map(decode).to_iter_dataset()
   dataset = dataset.filter(lambda x: x is not None)
   dataset = dataset.batch(batch_size, batch_fn=lambda e: collate_eval(e, batch_size))
   return _prefetch(dataset, config)

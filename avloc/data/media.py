@@ -1,0 +1,115 @@
+"""Reading user media: image files, audio files and videos (PyAV bundles FFmpeg).
+
+Used by the data_prep converters and by avloc.predict. Every failure raises MediaError
+naming the file, so a converter can skip the input with that reason.
+"""
+
+import os
+
+import av
+import librosa
+import numpy as np
+import soundfile
+from PIL import Image, UnidentifiedImageError
+
+from avloc.data import image as image_lib
+
+
+class MediaError(ValueError):
+  """A media file is missing or cannot be decoded; the message names the file."""
+
+
+def _check_exists(path: str) -> None:
+  if not os.path.isfile(path):
+    raise MediaError(f'{path}: file not found')
+
+
+def load_image(path: str) -> np.ndarray:
+  """Image file of any PIL mode -> uint8 [H, W, 3] RGB."""
+  _check_exists(path)
+  try:
+    with Image.open(path) as image:
+      image.load()
+      return np.asarray(image_lib.to_rgb(image))
+  except (UnidentifiedImageError, OSError, ValueError) as e:
+    raise MediaError(f'{path}: cannot decode image ({e})') from e
+
+
+def to_mono(samples: np.ndarray) -> np.ndarray:
+  """[N] or [N, C] -> float32 [N], channels averaged."""
+  samples = np.asarray(samples, np.float32)
+  return samples.mean(axis=1) if samples.ndim == 2 else samples
+
+
+def resample(waveform: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
+  if rate == target_rate:
+    return waveform.astype(np.float32)
+  return librosa.resample(waveform, orig_sr=rate, target_sr=target_rate,
+                          res_type='soxr_hq').astype(np.float32)
+
+
+def load_audio(path: str, sample_rate: int) -> np.ndarray:
+  """Audio file (wav, flac, ogg via libsndfile; anything else via FFmpeg) -> float32
+  mono [N] at `sample_rate`."""
+  _check_exists(path)
+  try:
+    samples, rate = soundfile.read(path, dtype='float32', always_2d=False)
+  except (soundfile.LibsndfileError, RuntimeError):
+    return read_video(path, sample_rate, frame=False)[1]
+  waveform = resample(to_mono(samples), rate, sample_rate)
+  if waveform.size == 0:
+    raise MediaError(f'{path}: no audio samples')
+  return waveform
+
+
+def read_video(path: str, sample_rate: int,
+               frame: bool = True) -> tuple[np.ndarray | None, np.ndarray | None]:
+  """Video (or audio container) -> (middle frame uint8 [H, W, 3] or None without a video
+  stream, float32 mono waveform [N] at `sample_rate` or None without an audio stream)."""
+  _check_exists(path)
+  try:
+    with av.open(path) as container:
+      middle = _middle_frame(container) if frame and container.streams.video else None
+    with av.open(path) as container:
+      waveform = _audio(container, sample_rate) if container.streams.audio else None
+  except (av.FFmpegError, OSError, ValueError) as e:
+    raise MediaError(f'{path}: cannot decode ({e})') from e
+  if middle is None and waveform is None:
+    raise MediaError(f'{path}: no decodable video or audio stream')
+  return middle, waveform
+
+
+def _middle_frame(container) -> np.ndarray:
+  """The frame at the middle of the video stream (the papers' evaluation frame)."""
+  stream = container.streams.video[0]
+  duration = (float(stream.duration * stream.time_base) if stream.duration
+              else (container.duration or 0) / av.time_base)
+  target = duration / 2
+  chosen = None
+  for frame in container.decode(stream):
+    chosen = frame
+    if frame.time is not None and frame.time >= target:
+      break
+  if chosen is None:
+    raise ValueError('no video frames')
+  return chosen.to_ndarray(format='rgb24')
+
+
+def _audio(container, sample_rate: int) -> np.ndarray:
+  stream = container.streams.audio[0]
+  resampler = av.AudioResampler(format='flt', layout='mono', rate=sample_rate)
+  chunks = []
+  for frame in container.decode(stream):
+    for out in resampler.resample(frame):
+      chunks.append(out.to_ndarray().reshape(-1))
+  chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
+  if not chunks:
+    raise ValueError('no audio samples')
+  return np.concatenate(chunks).astype(np.float32)
+
+
+def middle_segment(waveform: np.ndarray, sample_rate: int, seconds: float) -> np.ndarray:
+  """The middle `seconds` of [N] `waveform` (all of it when shorter)."""
+  length = int(round(seconds * sample_rate))
+  start = max(0, (waveform.shape[0] - length) // 2)
+  return waveform[start:start + length]

@@ -1,0 +1,87 @@
+"""MUSIC solo / duet (Zhao et al. 2018) test annotations -> prepared split with
+per-source ground truth.
+
+Layout: `<input_dir>/frames/<file>.jpg` + `<input_dir>/audio/<file>.wav` (or
+`<input_dir>/video/<file>.mp4`); annotations as the published `music_duet.json`:
+`[{"file": id, "class_src1": name, "bbox_src1": [x, y, w, h], "class_src2": ...}]` with
+boxes as NORMALIZED xywh (converted to xyxy here), any number of sources K
+(`class_srcK` / `bbox_srcK`). Optional per-source masks `<input_dir>/masks/<file>_srcK.png`.
+
+  python -m data_prep.music --input_dir=RAW --output_dir=DATA/music_duet \
+      [--annotations=RAW/music_duet.json] [--split=music_duet]
+"""
+
+import json
+import os
+
+from absl import app, flags
+
+from avloc.data import tfrecord
+from data_prep import common
+
+
+def xywh_to_xyxy(box) -> list[float]:
+  x, y, w, h = (float(v) for v in box)
+  return [x, y, x + w, y + h]
+
+
+def sources(entry: dict) -> list[tuple[str, list[float]]]:
+  """(class, xyxy box) of sources 1..K of an annotation entry."""
+  out, k = [], 1
+  while f'class_src{k}' in entry:
+    out.append((entry[f'class_src{k}'], xywh_to_xyxy(entry[f'bbox_src{k}'])))
+    k += 1
+  return out
+
+
+def read_annotations(path: str) -> list[dict]:
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{path}: MUSIC annotation file not found')
+  try:
+    with open(path) as f:
+      entries = json.load(f)
+    for entry in entries:
+      if not sources(entry):
+        raise KeyError(f'{entry.get("file")}: no class_src1 / bbox_src1')
+  except (ValueError, KeyError, TypeError) as e:
+    raise ValueError(f'{path}: not a MUSIC annotation list ({e})') from e
+  return entries
+
+
+def list_clips(input_dir: str, annotations: str) -> tuple[list, list[str], int]:
+  """Clips, classes and the largest number of sources of a clip."""
+  clips, classes, most = [], set(), 1
+  for entry in read_annotations(annotations):
+    srcs = sources(entry)
+    names = [name for name, _ in srcs]
+    masks = [common.find_file(os.path.join(input_dir, 'masks'), f'{entry["file"]}_src{k + 1}',
+                              ('.png',)) for k in range(len(srcs))]
+    clips.append(common.Clip(
+        id=entry['file'], **common.media_files(input_dir, entry['file']), labels=names,
+        boxes=[box for _, box in srcs], box_groups=list(range(len(srcs))),
+        masks=masks if all(masks) else []))
+    classes.update(names)
+    most = max(most, len(srcs))
+  return clips, sorted(classes), most
+
+
+def convert(input_dir: str, output_dir: str, *, annotations: str = '',
+            split: str = 'music_duet', dataset: str = 'music', **kwargs) -> tfrecord.Manifest:
+  annotations = annotations or os.path.join(input_dir, 'music_duet.json')
+  clips, classes, most = list_clips(input_dir, annotations)
+  gt = tfrecord.GT_MULTISOURCE if most > 1 else tfrecord.GT_BOXES
+  return common.convert(clips, output_dir, dataset=dataset, split=split, gt=gt,
+                        classes=classes, source=input_dir, **kwargs)
+
+
+def main(argv):
+  del argv
+  convert(flags.FLAGS.input_dir, flags.FLAGS.output_dir, annotations=flags.FLAGS.annotations,
+          split=flags.FLAGS.split, **common.flag_kwargs())
+
+
+if __name__ == '__main__':
+  common.define_flags()
+  flags.DEFINE_string('annotations', '', 'Annotation json (default: music_duet.json).')
+  flags.DEFINE_string('split', 'music_duet', 'Split name written into the shard names.')
+  app.run(main)

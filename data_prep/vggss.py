@@ -1,0 +1,65 @@
+"""VGG-SS test set (Chen et al. 2021) -> prepared split.
+
+Layout: `<input_dir>/frames/<id>.jpg` + `<input_dir>/audio/<id>.wav` (as the LVS / EZ-VSL
+code reads them) or `<input_dir>/video/<id>.mp4`; annotations `vggss.json`:
+`[{"file": id, "class": name, "bbox": [[xmin, ymin, xmax, ymax] in 0..1, ...]}, ...]`.
+An id list (`vggss_heard_test.csv`, `vggss_unheard_test.csv`) selects a subset.
+
+  python -m data_prep.vggss --input_dir=RAW --output_dir=DATA/vggss \
+      [--annotations=RAW/vggss.json] [--ids=vggss_heard_test.csv --split=vggss_heard110]
+"""
+
+import json
+import os
+
+from absl import app, flags
+
+from avloc.data import tfrecord
+from data_prep import common
+
+
+def read_annotations(path: str) -> list[dict]:
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{path}: VGG-SS annotation file not found')
+  try:
+    with open(path) as f:
+      entries = json.load(f)
+    for entry in entries:
+      entry['file'], entry['class'], entry['bbox']  # pylint: disable=pointless-statement
+  except (ValueError, KeyError, TypeError) as e:
+    raise ValueError(f'{path}: not a vggss.json annotation list ({e!r})') from e
+  return entries
+
+
+def list_clips(input_dir: str, annotations: str, ids: str = '') -> tuple[list, list[str]]:
+  entries = read_annotations(annotations)
+  if ids:
+    wanted = set(common.read_id_list(ids))
+    entries = [e for e in entries if e['file'] in wanted]
+  classes = sorted({e['class'] for e in entries})
+  clips = [common.Clip(id=e['file'], **common.media_files(input_dir, e['file']),
+                       labels=[e['class']], boxes=e['bbox'], box_groups=[0] * len(e['bbox']))
+           for e in entries]
+  return clips, classes
+
+
+def convert(input_dir: str, output_dir: str, *, annotations: str = '', ids: str = '',
+            split: str = 'vggss', **kwargs) -> tfrecord.Manifest:
+  annotations = annotations or os.path.join(input_dir, 'vggss.json')
+  clips, classes = list_clips(input_dir, annotations, ids)
+  return common.convert(clips, output_dir, dataset='vggss', split=split,
+                        gt=tfrecord.GT_BOXES, classes=classes, source=input_dir, **kwargs)
+
+
+def main(argv):
+  del argv
+  convert(flags.FLAGS.input_dir, flags.FLAGS.output_dir, annotations=flags.FLAGS.annotations,
+          ids=flags.FLAGS.ids, split=flags.FLAGS.split, **common.flag_kwargs())
+
+
+if __name__ == '__main__':
+  common.define_flags()
+  flags.DEFINE_string('annotations', '', 'vggss.json (default: <input_dir>/vggss.json).')
+  flags.DEFINE_string('ids', '', 'Optional id list selecting a subset.')
+  flags.DEFINE_string('split', 'vggss', 'Split name written into the shard names.')
+  app.run(main)
