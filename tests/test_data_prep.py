@@ -225,3 +225,79 @@ def test_command_line_converts_and_requires_its_flags(tmp_path):
              '--num_workers=1')
   assert done.returncode == 0, done.stderr
   assert tfrecord.read_manifest(str(tmp_path / 'out')).num_examples == 2
+
+
+FLICKR_BOXES = {'10000130166': [[69, 1, 216, 256], [85, 1, 186, 203], [40, 1, 221, 254]],
+                '10007936344': [[31, 30, 217, 202], [149, 35, 217, 209], [36, 39, 126, 198],
+                                [36, 29, 217, 215]]}
+
+
+@pytest.mark.parametrize('as_xml', [False, True])
+def test_flickr_test_boxes_keep_one_group_per_annotator(tmp_path, as_xml):
+  from data_prep import flickr  # pylint: disable=g-import-not-at-top
+  root = _raw_dir(tmp_path, list(FLICKR_BOXES))
+  (root / 'flickr_test.csv').write_text('10000130166,202\n10007936344,0\n')
+  if as_xml:
+    annotations = root / 'Annotations'
+    annotations.mkdir()
+    for clip_id, boxes in FLICKR_BOXES.items():
+      body = ''.join('<bbox>' + ''.join(f'<v{i}>{v}</v{i}>' for i, v in enumerate(b)) +
+                     '</bbox>' for b in boxes)
+      (annotations / f'{clip_id}.xml').write_text(f'<annotation>{body}</annotation>')
+  else:
+    annotations = root / 'boxes.json'
+    annotations.write_text(json.dumps({'coords': 'xyxy 256', 'boxes': FLICKR_BOXES}))
+  manifest = flickr.convert(str(root), str(tmp_path / 'out'), ids=str(root / 'flickr_test.csv'),
+                            annotations=str(annotations), options=OPTIONS, num_workers=1,
+                            log=lambda _: None)
+  assert manifest.gt == tfrecord.GT_CONSENSUS and manifest.num_examples == 2
+  record = {r['id'].decode(): r for r in _records(tmp_path / 'out')}['10007936344']
+  np.testing.assert_allclose(record['boxes'].reshape(-1, 4),
+                             np.asarray(FLICKR_BOXES['10007936344']) / 256, rtol=1e-6)
+  assert list(record['box_groups']) == [0, 1, 2, 3]
+
+
+def _png(path, array):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  Image.fromarray(array).save(path)
+
+
+@pytest.mark.parametrize('subset', ['s4', 'ms3'])
+def test_avsbench_frames_become_records_with_their_masks(tmp_path, subset):
+  from data_prep import avsbench  # pylint: disable=g-import-not-at-top
+  root = tmp_path / 'raw'
+  name = '0d9u2CymIxc' if subset == 's4' else 'xv7eM6-UmkY_36'
+  if subset == 's4':
+    (root / 's4_meta_data.csv').parent.mkdir(parents=True)
+    (root / 's4_meta_data.csv').write_text(
+        f'name,start,category,split\n-_wznbUu3DY,0,helicopter,train\n{name},0,helicopter,test\n')
+    folder, frame = f'test/helicopter/{name}', lambda k: f'test/helicopter/{name}/{name}_{k}'
+    audio = root / 'audio_wav' / 'test' / 'helicopter' / f'{name}.wav'
+  else:
+    (root / 'ms3_meta_data.csv').parent.mkdir(parents=True)
+    (root / 'ms3_meta_data.csv').write_text(f'video_id,split\njlhuZfcw61w,train\n{name},test\n')
+    folder, frame = f'test/{name}', lambda k: f'{name}/{name}.mp4_{k}'
+    audio = root / 'audio_wav' / 'test' / f'{name}.wav'
+  audio.parent.mkdir(parents=True)
+  _wav(audio, seconds=5.0)
+  for k in range(1, 6):
+    _png(root / 'visual_frames' / f'{frame(k)}.png', np.full((30, 40, 3), 40 * k, np.uint8))
+    mask = np.zeros((30, 40), np.uint8)
+    mask[:, :8 * k] = 255
+    if k != 3 or subset == 's4':  # MS3: frame 3 lacks its mask -> skipped and reported
+      _png(root / 'gt_masks' / folder / f'{name}_{k}.png', mask)
+  manifest = avsbench.convert(str(root), str(tmp_path / 'out'), subset=subset, options=OPTIONS,
+                              num_workers=1, log=lambda _: None)
+  assert manifest.gt == tfrecord.GT_MASKS
+  assert manifest.num_examples == (5 if subset == 's4' else 4)
+  if subset == 'ms3':
+    assert manifest.skipped[0]['id'] == f'{name}_3' and 'file not found' in (
+        manifest.skipped[0]['reason'])
+  config = jsa_config.get_config('synthetic')
+  config.data.update(num_workers=0)
+  config.data.image.size = 40
+  batch = next(iter(pipeline.eval_dataset(config, str(tmp_path / 'out'), batch_size=5)))
+  first = batch['masks'][0, 0]
+  assert first[:, :8].all() and not first[:, 8:].any()
+  assert abs(int(batch['image'][1].mean()) - 80) <= 2  # frame 2
+  assert batch['label'][0] == (0 if subset == 's4' else -1)

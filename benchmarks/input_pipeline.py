@@ -1,0 +1,67 @@
+r"""Input pipeline throughput against the train step's consumption rate; prints a table.
+
+  python benchmarks/input_pipeline.py --config=configs/jsa.py:synthetic --workers=0,1,2
+
+Reads the config's training split (the synthetic one is generated on first use) through
+`avloc.data.pipeline.train_dataset` with each number of Grain worker processes, and
+times the jitted train step on batches of the same shape in the same run. The pipeline
+keeps up when its samples/s is at least the step's (the target is 2x).
+"""
+
+import time
+
+import common  # sets up the import path; pylint: disable=g-bad-import-order
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+from avloc import experiment
+from avloc.data import pipeline
+
+_CONFIG = config_flags.DEFINE_config_file('config', 'configs/jsa.py:synthetic', 'Config.')
+_WORKERS = flags.DEFINE_list('workers', ['0', '1', '2'], 'Grain worker process counts.')
+_BATCHES = flags.DEFINE_integer('batches', 20, 'Timed batches per setting.')
+
+
+def pipeline_rate(config, split_dir: str, workers: int) -> tuple[float, float]:
+  """(seconds to the first batch, samples/s over the next `batches` batches)."""
+  config.data.num_workers = workers
+  batch_size = config.train.batch_size
+  start = time.perf_counter()
+  iterator = iter(pipeline.train_dataset(config, split_dir, seed=0, process_index=0,
+                                         process_count=1, global_batch_size=batch_size))
+  next(iterator)
+  first = time.perf_counter() - start
+  start = time.perf_counter()
+  for _ in range(_BATCHES.value):
+    next(iterator)
+  return first, _BATCHES.value * batch_size / (time.perf_counter() - start)
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value.copy_and_resolve_references()
+  print(common.machine())
+  split_dir = experiment.resolve_splits(config, [config.data.train_split])[
+      config.data.train_split]
+  batch_size = config.train.batch_size
+  setup = common.train_setup(config, batch_size)
+  state, metrics = setup.step(setup.state, setup.batch)
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for _ in range(3):
+    state, metrics = setup.step(state, setup.batch)
+  jax.block_until_ready(metrics)
+  consumed = 3 * batch_size / (time.perf_counter() - start)
+  rows = [['train step', '-', '-', f'{consumed:.0f}', '1.00']]
+  for workers in map(int, _WORKERS.value):
+    first, rate = pipeline_rate(config, split_dir, workers)
+    rows.append(['pipeline', workers, f'{first:.1f}', f'{rate:.0f}', f'{rate / consumed:.2f}'])
+  common.print_table(
+      f'Input pipeline vs train step, {config.method}, batch {batch_size}, image '
+      f'{config.data.image.size}, audio {config.data.audio.seconds} s',
+      ['what', 'workers', 'first batch s', 'samples/s', 'x step rate'], rows)
+
+
+if __name__ == '__main__':
+  app.run(main)
