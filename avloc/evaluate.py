@@ -177,8 +177,9 @@ class Evaluator:
     for name, accumulated in scores.items():
       result.update({f'{name}/{k}': v for k, v in accumulated.summary().items()})
     if labels and min(labels) >= 0:
+      ks = tuple(k for k in (1, 5, 10) if k <= len(labels))  # R@K needs K <= gallery
       result.update({f'retrieval/{k}': v for k, v in retrieval.recall_at_k(
-          np.stack(embeddings[0]), np.stack(embeddings[1]), np.asarray(labels)).items()})
+          np.stack(embeddings[0]), np.stack(embeddings[1]), np.asarray(labels), ks).items()})
     if multi:
       if manifest.gt == tfrecord.GT_MULTISOURCE:
         summary = multisource.summarize_multisource(multi)
