@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from avloc import checkpointing, config as config_lib, methods, metric_writer, sharding
+from avloc import checkpointing, config as config_lib, convert, methods, metric_writer, sharding
 from avloc.data import audio as audio_lib
 from avloc.data import pipeline, tfrecord
 
@@ -75,24 +75,29 @@ def input_shapes(config: ml_collections.ConfigDict, batch_size: int, train: bool
 
 
 def create_train_state(config, model, tx, mesh) -> TrainState:
-  """Initializes replicated parameters, BatchNorm statistics and optimizer state."""
+  """Initializes replicated parameters, BatchNorm statistics and optimizer state; the
+  image trunk starts from `config.model_init.image_trunk` (ImageNet weights) when set."""
   shapes = input_shapes(config, 2, train=True)
+  trunk_path = config.model_init.image_trunk
+  trunk = convert.load_image_trunk(trunk_path) if trunk_path else None
 
-  def init(params_rng, rng):
+  def init(params_rng, rng, trunk):
     mask_rng, state_rng = jax.random.split(rng)
     variables = model.init(
         {'params': params_rng, 'mask': mask_rng},
         jnp.zeros(shapes['image'].shape, jnp.uint8),
         jnp.zeros(shapes['spectrogram'].shape, jnp.float32), train=True)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
-                      batch_stats=variables.get('batch_stats', {}),
-                      opt_state=tx.init(variables['params']), rng=state_rng)
+    params, batch_stats = variables['params'], variables.get('batch_stats', {})
+    if trunk is not None:
+      params, batch_stats = convert.merge_image_trunk(params, batch_stats, trunk)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                      opt_state=tx.init(params), rng=state_rng)
 
   # Parameters are drawn with the 'rbg' generator: XLA compiles the initializers of a
   # ResNet with it several times faster than with threefry (30 s -> 5 s on 2 CPU cores).
   params_rng = jax.random.key(config.train.seed, impl='rbg')
   rng = jax.random.PRNGKey(config.train.seed)
-  return jax.jit(init, out_shardings=sharding.replicated(mesh))(params_rng, rng)
+  return jax.jit(init, out_shardings=sharding.replicated(mesh))(params_rng, rng, trunk)
 
 
 def make_train_step(config, model, method, tx, mesh):

@@ -46,6 +46,11 @@ def get_config(variant: str = 'vggsound_144k') -> ml_collections.ConfigDict:
       decoder_hidden_layers=3,
       infer_sharpening=sharpening,
   ))
+  config.model_init = ml_collections.ConfigDict(dict(
+      # ResNet-18 ImageNet weights for the image trunk (the paper fine-tunes from them): a
+      # torchvision .pth file or `python -m avloc.convert --kind=imagenet_resnet18`'s output.
+      image_trunk='',
+  ))
   config.loss = ml_collections.ConfigDict(dict(
       tau=0.03,
       k=20,  # k-reciprocal neighbours (Eq. 12)

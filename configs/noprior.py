@@ -39,6 +39,11 @@ def get_config(variant: str = 'vggsound_144k') -> ml_collections.ConfigDict:
       tau2=0.6,  # same-object threshold for the clustering (Sec. 3.4)
       max_objects=8,  # object maps returned by localize, first found first (not in paper)
   ))
+  config.model_init = ml_collections.ConfigDict(dict(
+      # ResNet-18 ImageNet weights for the image trunk (the paper fine-tunes from them): a
+      # torchvision .pth file or `python -m avloc.convert --kind=imagenet_resnet18`'s output.
+      image_trunk='',
+  ))
   config.loss = ml_collections.ConfigDict(dict(
       lambda_avc=1.0,  # lambda_1 of Eq. 5
       lambda_osc=1.0,  # lambda_2 of Eq. 5
