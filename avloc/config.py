@@ -136,11 +136,14 @@ def changed_fields(saved: dict, current: dict, prefix: str = '') -> list[str]:
   return changed
 
 
-def with_saved_model(config: ml_collections.ConfigDict, saved: dict,
+def with_saved_model(config: ml_collections.ConfigDict,
+                     saved: dict | ml_collections.ConfigDict,
                      log=print) -> ml_collections.ConfigDict:
   """`config` with the `method` and `model` block of a checkpoint's saved config (the
   architecture is the checkpoint's); logs what that changes."""
   merged = config.to_dict()
+  if isinstance(saved, ml_collections.ConfigDict):
+    saved = saved.to_dict()
   for key in ('method', 'model'):
     for change in changed_fields({key: merged[key]}, {key: saved[key]}):
       log(f'  using the checkpoint\'s {change}')
