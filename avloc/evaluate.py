@@ -12,7 +12,6 @@ table says how far the model is from a map that ignores the input.
 
 import csv
 import functools
-import json
 import os
 
 import jax
