@@ -200,6 +200,11 @@ def test_ioi_jit_with_samples_needing_different_iteration_counts():
   np.testing.assert_array_equal(got['index'][2], [1, 3, 5, 2, 4, 0])  # decreasing S_v
   np.testing.assert_array_equal(got['region'][2], np.eye(6, dtype=bool)[[1, 3, 5, 2, 4, 0]])
   np.testing.assert_array_equal(got['valid'][1], [True] + [False] * 5)
+  assert not got['valid'][0].any()  # no foreground at the start: no bank entries, no NaN
+  assert all(np.isfinite(np.asarray(v, np.float32)).all() for v in got.values())
+  again = ioi(sound_map[::-1].copy(), features[::-1].copy(), background, 0.0)
+  np.testing.assert_array_equal(again['iterations'], [6, 1, 0])
+  assert ioi._cache_size() == 1  # pylint: disable=protected-access  (new content, no recompile)
   for b in range(3):
     expected = _reference_ioi(sound_map[b], features[b], background[b], 0.0)
     np.testing.assert_array_equal(got['index'][b, :len(expected)], [p for p, _, _ in expected])
@@ -230,6 +235,22 @@ def test_connected_components_match_union_find():
     np.testing.assert_array_equal(got[b], [find(i) for i in range(size)])
   np.testing.assert_array_equal(got[0], np.arange(size))
   np.testing.assert_array_equal(got[1], np.zeros(size))
+
+
+def test_connected_components_match_scipy_on_random_similarities():
+  csgraph = pytest.importorskip('scipy.sparse.csgraph')
+  rng = np.random.default_rng(7)
+  features = rng.normal(size=(6, 30, 8))
+  features /= np.linalg.norm(features, axis=-1, keepdims=True)
+  similarity = features @ np.transpose(features, (0, 2, 1))
+  adjacency = similarity > np.linspace(0.2, 0.7, 6)[:, None, None]  # sparse to dense
+  got = np.asarray(jax.jit(noprior.connected_components)(adjacency))
+  for b in range(6):
+    count, labels = csgraph.connected_components(adjacency[b], directed=False)
+    # Same partition: equal labels exactly where scipy's labels are equal.
+    np.testing.assert_array_equal(got[b][:, None] == got[b][None],
+                                  labels[:, None] == labels[None])
+    assert len(np.unique(got[b])) == count
 
 
 def test_identify_objects_matches_union_find_reference():
