@@ -23,9 +23,9 @@ from avloc.data import image as image_lib
 from avloc.data import media, tfrecord
 
 EXAMPLES_PER_SHARD = 1000
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
-AUDIO_EXTENSIONS = ('.wav', '.flac', '.ogg', '.mp3', '.m4a', '.aac')
-VIDEO_EXTENSIONS = ('.mp4', '.mkv', '.webm', '.avi', '.mov')
+IMAGE_EXTENSIONS = media.IMAGE_EXTENSIONS
+AUDIO_EXTENSIONS = media.AUDIO_EXTENSIONS
+VIDEO_EXTENSIONS = media.VIDEO_EXTENSIONS
 
 
 @dataclasses.dataclass
@@ -68,13 +68,14 @@ def media_files(root: str, clip_id: str) -> dict[str, str]:
 
 
 def _frame_bytes(path: str) -> bytes:
-  """The JPEG file as it is when it decodes to RGB (no re-encoding loss), otherwise the
-  decoded RGB image re-encoded as JPEG."""
+  """The JPEG file as it is when it decodes to upright RGB (no re-encoding loss),
+  otherwise the decoded, upright RGB image re-encoded as JPEG."""
   image = media.load_image(path)
   with open(path, 'rb') as f:
     data = f.read()
   with Image.open(io.BytesIO(data)) as original:
-    if original.format == 'JPEG' and original.mode == 'RGB':
+    upright = original.getexif().get(media.EXIF_ORIENTATION, 1) == 1
+    if original.format == 'JPEG' and original.mode == 'RGB' and upright:
       return data
   return image_lib.encode_jpeg(image)
 

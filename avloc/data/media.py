@@ -10,9 +10,14 @@ import av
 import librosa
 import numpy as np
 import soundfile
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from avloc.data import image as image_lib
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
+AUDIO_EXTENSIONS = ('.wav', '.flac', '.ogg', '.mp3', '.m4a', '.aac')
+VIDEO_EXTENSIONS = ('.mp4', '.mkv', '.webm', '.avi', '.mov')
+EXIF_ORIENTATION = 0x0112  # the EXIF tag load_image applies
 
 
 class MediaError(ValueError):
@@ -25,14 +30,18 @@ def _check_exists(path: str) -> None:
 
 
 def load_image(path: str) -> np.ndarray:
-  """Image file of any PIL mode -> uint8 [H, W, 3] RGB."""
+  """Image file of any PIL mode -> uint8 [H, W, 3] RGB, turned upright by its EXIF
+  orientation (as photo viewers show it)."""
   _check_exists(path)
   try:
     with Image.open(path) as image:
       image.load()
-      return np.asarray(image_lib.to_rgb(image))
+      array = np.asarray(image_lib.to_rgb(ImageOps.exif_transpose(image)))
   except (UnidentifiedImageError, OSError, ValueError) as e:
     raise MediaError(f'{path}: cannot decode image ({e})') from e
+  if array.size == 0:
+    raise MediaError(f'{path}: empty image ({array.shape[1]}x{array.shape[0]} pixels)')
+  return array
 
 
 def to_mono(samples: np.ndarray) -> np.ndarray:
@@ -55,7 +64,10 @@ def load_audio(path: str, sample_rate: int) -> np.ndarray:
   try:
     samples, rate = soundfile.read(path, dtype='float32', always_2d=False)
   except (soundfile.LibsndfileError, RuntimeError):
-    return read_video(path, sample_rate, frame=False)[1]
+    waveform = read_video(path, sample_rate, frame=False)[1]
+    if waveform is None:
+      raise MediaError(f'{path}: no audio track') from None
+    return waveform
   waveform = resample(to_mono(samples), rate, sample_rate)
   if waveform.size == 0:
     raise MediaError(f'{path}: no audio samples')
@@ -69,12 +81,13 @@ def read_video(path: str, sample_rate: int,
   _check_exists(path)
   try:
     with av.open(path) as container:
-      middle = _middle_frame(container) if frame and container.streams.video else None
+      has_video = bool(container.streams.video)
+      middle = _middle_frame(container) if frame and has_video else None
     with av.open(path) as container:
       waveform = _audio(container, sample_rate) if container.streams.audio else None
   except (av.FFmpegError, OSError, ValueError) as e:
     raise MediaError(f'{path}: cannot decode ({e})') from e
-  if middle is None and waveform is None:
+  if not has_video and waveform is None:
     raise MediaError(f'{path}: no decodable video or audio stream')
   return middle, waveform
 
@@ -93,6 +106,33 @@ def _middle_frame(container) -> np.ndarray:
   if chosen is None:
     raise ValueError('no video frames')
   return chosen.to_ndarray(format='rgb24')
+
+
+def iter_frames(path: str, fps: float, max_frames: int):
+  """Yields (seconds since the first frame, uint8 [H, W, 3] RGB frame) of a video: the
+  first frame at or after every 1 / `fps` seconds, at most `max_frames` (decoded lazily)."""
+  _check_exists(path)
+  try:
+    with av.open(path) as container:
+      if not container.streams.video:
+        raise MediaError(f'{path}: no video stream')
+      stream = container.streams.video[0]
+      rate = float(stream.average_rate or 25)
+      start, count = None, 0
+      for index, frame in enumerate(container.decode(stream)):
+        time = frame.time if frame.time is not None else index / rate
+        start = time if start is None else start
+        if time - start + 1e-6 >= count / fps:
+          yield time - start, frame.to_ndarray(format='rgb24')
+          count += 1
+          if count == max_frames:
+            return
+      if not count:
+        raise MediaError(f'{path}: no decodable video frames')
+  except MediaError:
+    raise
+  except (av.FFmpegError, OSError, ValueError) as e:
+    raise MediaError(f'{path}: cannot decode ({e})') from e
 
 
 def _audio(container, sample_rate: int) -> np.ndarray:
