@@ -138,7 +138,9 @@ class Evaluator:
     local = sharding.process_slice(batch['image'].shape[0])
     inputs = sharding.global_batch(
         {'image': batch['image'][local], 'spectrogram': batch['spectrogram'][local]}, self.mesh)
-    return jax.device_get(self._localize(variables, inputs['image'], inputs['spectrogram']))
+    outputs = jax.device_get(self._localize(variables, inputs['image'], inputs['spectrogram']))
+    outputs['heatmaps'] = self.method.heatmaps_in_order(outputs['heatmaps'], self.config)
+    return outputs
 
   def _evaluate_split(self, variables, split, directory, step=None) -> dict[str, float]:
     manifest = self.manifests[split]

@@ -10,6 +10,7 @@ resized to `data.image.size` (bicubic), the log spectrogram of the middle
 (avloc.methods), as NumPy arrays, maps at the model's input size.
 """
 
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -34,14 +35,8 @@ class Localizer:
     self.method = methods.get_method(config.method)
     self.model = self.method.build_model(config)
     self.variables = jax.device_put(variables)
-    self._localize = jax.jit(self._traced_localize)
-    self._heatmap_names = None
-
-  def _traced_localize(self, variables, image, spectrogram):
-    outputs = self.method.localize(self.model, variables, image, spectrogram, self.config)
-    # Pytrees come back with sorted keys; the method's order says which map is primary.
-    self._heatmap_names = list(outputs['heatmaps'])
-    return outputs
+    self._localize = jax.jit(functools.partial(self.method.localize, self.model,
+                                               config=config))
 
   @classmethod
   def from_checkpoint(cls, path: str) -> 'Localizer':
@@ -113,7 +108,7 @@ class Localizer:
       outputs = jax.device_get(self._localize(self.variables, image, spectrogram))
       chunks.append(jax.tree_util.tree_map(lambda x, n=count: np.asarray(x[:n]), outputs))
     outputs = jax.tree_util.tree_map(lambda *x: np.concatenate(x), *chunks)
-    outputs['heatmaps'] = {name: outputs['heatmaps'][name] for name in self._heatmap_names}
+    outputs['heatmaps'] = self.method.heatmaps_in_order(outputs['heatmaps'], self.config)
     return outputs
 
 

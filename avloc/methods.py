@@ -31,6 +31,12 @@ class Method:
   loss: Callable[[dict, ml_collections.ConfigDict], tuple[jax.Array, dict]]
   localize: Callable[[nn.Module, dict, jax.Array, jax.Array, ml_collections.ConfigDict], dict]
   check_config: Callable[[ml_collections.ConfigDict], None]
+  # The heatmap shown first (jit returns dicts with sorted keys, so order cannot say it).
+  primary_map: Callable[[ml_collections.ConfigDict], str]
+
+  def heatmaps_in_order(self, heatmaps: dict, config: ml_collections.ConfigDict) -> dict:
+    primary = self.primary_map(config)
+    return {primary: heatmaps[primary], **{k: v for k, v in heatmaps.items() if k != primary}}
 
 
 def compute_dtype(config: ml_collections.ConfigDict):
@@ -122,9 +128,10 @@ def _check_noprior_config(config):
 
 
 _METHODS = {
-    'jsa': Method('jsa', _build_jsa, _jsa_loss, _jsa_localize, _check_jsa_config),
+    'jsa': Method('jsa', _build_jsa, _jsa_loss, _jsa_localize, _check_jsa_config,
+                  lambda config: 'iqr' if config.eval.use_iqr else 'ca'),
     'noprior': Method('noprior', _build_noprior, _noprior_loss, _noprior_localize,
-                      _check_noprior_config),
+                      _check_noprior_config, lambda config: 'sam'),
 }
 
 
