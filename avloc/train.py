@@ -68,7 +68,7 @@ def input_shapes(config: ml_collections.ConfigDict, batch_size: int, train: bool
   """Shapes of the model inputs: uint8 image [B, S, n*S, 3], spectrogram [B, F, T, 1]
   (n sources side by side for NoPrior training mixtures)."""
   size = config.data.image.size
-  sources = config.data.mixture.num_sources if train and 'mixture' in config.data else 1
+  sources = pipeline.mixture_sources(config) if train else 1
   freq, frames = audio_lib.spectrogram_shape(config.data.audio)
   return dict(image=jax.ShapeDtypeStruct((batch_size, size, sources * size, 3), jnp.uint8),
               spectrogram=jax.ShapeDtypeStruct((batch_size, freq, frames, 1), jnp.float32))

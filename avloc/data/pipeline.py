@@ -119,7 +119,8 @@ def _spectrogram(waveform: np.ndarray, config: ml_collections.ConfigDict,
   return spectrogram[..., None]
 
 
-def _mixture_sources(config: ml_collections.ConfigDict) -> int:
+def mixture_sources(config: ml_collections.ConfigDict) -> int:
+  """Clips per training input: `data.mixture.num_sources` (NoPrior), else 1."""
   return config.data.mixture.num_sources if 'mixture' in config.data else 1
 
 
@@ -133,7 +134,7 @@ def train_dataset(config: ml_collections.ConfigDict, split_dir: str, *, seed: in
   if global_batch_size % process_count:
     raise ValueError(f'batch size {global_batch_size} is not divisible by the '
                      f'{process_count} processes')
-  sources = _mixture_sources(config)
+  sources = mixture_sources(config)
   length = audio_lib.num_samples(config.data.audio)
   decoder = _Decoder(source, config)
 
