@@ -16,6 +16,9 @@ from avloc.models.resnet import IMAGENET_MEAN, IMAGENET_STD
 # Prepared splits are directories `<data.root>/<split name>` written by data_prep.
 DEFAULT_DATA_ROOT = os.path.join('~', '.cache', 'avloc', 'data')
 SYNTHETIC = 'synthetic'
+# Model fields used only when localizing: evaluation takes them from the command line's
+# config, not from the checkpoint's.
+INFERENCE_MODEL_FIELDS = ('infer_sharpening',)
 
 
 class ConfigError(ValueError):
@@ -69,9 +72,9 @@ def synthetic_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       seed=0,
       num_classes=12,
-      image_size=160,  # stored frame size (the pipeline resizes to data.image.size)
-      audio_seconds=5.0,
-      train_size=6000,
+      image_size=128,  # stored frame size (the pipeline resizes to data.image.size)
+      audio_seconds=1.0,
+      train_size=4000,
       test_size=500,  # single-source test set
       multi_test_size=300,  # each of the duet / trio / mixed test sets
       max_distractors=2,  # silent objects of other classes in the frame
@@ -140,10 +143,13 @@ def with_saved_model(config: ml_collections.ConfigDict,
                      saved: dict | ml_collections.ConfigDict,
                      log=print) -> ml_collections.ConfigDict:
   """`config` with the `method` and `model` block of a checkpoint's saved config (the
-  architecture is the checkpoint's); logs what that changes."""
+  architecture is the checkpoint's; `INFERENCE_MODEL_FIELDS`, which change no parameter,
+  stay as `config` says); logs what that changes."""
   merged = config.to_dict()
   if isinstance(saved, ml_collections.ConfigDict):
     saved = saved.to_dict()
+  saved = dict(saved, model={**saved['model'], **{
+      k: merged['model'][k] for k in INFERENCE_MODEL_FIELDS if k in merged['model']}})
   for key in ('method', 'model'):
     for change in changed_fields({key: merged[key]}, {key: saved[key]}):
       log(f'  using the checkpoint\'s {change}')

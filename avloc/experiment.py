@@ -37,15 +37,10 @@ def resolve_splits(config: ml_collections.ConfigDict, names: list[str],
   been converted beforehand."""
   root = config_lib.resolve_data_root(config)
   dirs = {}
-  if any(name.startswith(config_lib.SYNTHETIC) for name in names):
+  synthetic_names = [name for name in names if name.startswith(config_lib.SYNTHETIC)]
+  if synthetic_names:
     from data_prep import synthetic  # pylint: disable=g-import-not-at-top
-    prepared = synthetic.prepare(config.data.synthetic, root, log=log)
-    for name in names:
-      if name.startswith(config_lib.SYNTHETIC):
-        if name not in prepared:
-          raise ValueError(f'synthetic split {name!r} does not exist; the synthetic '
-                           f'benchmark has {sorted(prepared)}')
-        dirs[name] = prepared[name]
+    dirs.update(synthetic.prepare(config.data.synthetic, root, splits=synthetic_names, log=log))
   for name in names:
     if name in dirs:
       continue

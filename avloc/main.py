@@ -1,7 +1,7 @@
 r"""Trains and evaluates an avloc model.
 
   python -m avloc.main --config=configs/jsa.py:synthetic --workdir=runs/jsa_synthetic
-  python -m avloc.main --config=configs/jsa.py --workdir=gs://... --mode=eval
+  python -m avloc.main --config=configs/jsa.py --workdir=runs/jsa_144k --mode=eval
   python -m avloc.main --config=configs/noprior.py --config.train.batch_size=64 ...
 """
 

@@ -38,7 +38,7 @@ from PIL import Image
 from avloc import config as config_lib
 from data_prep import common, music, vggss, vggsound
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 SAMPLE_RATE = 16000
 SHAPES = ('circle', 'square', 'triangle', 'diamond', 'ring', 'cross')
 READY_FILE = 'splits.json'
@@ -85,7 +85,7 @@ def background(rng: np.random.Generator, size: int) -> np.ndarray:
     w, h = rng.integers(size // 16, size // 4, 2)
     gray = rng.uniform(40, 220)
     image[y0:y0 + h, x0:x0 + w] = gray + rng.uniform(-20, 20, 3)
-  return image + rng.normal(0, 6, image.shape)
+  return image + rng.standard_normal(image.shape, dtype=np.float32) * 6
 
 
 def class_sound(c: int, rng: np.random.Generator, num_samples: int) -> np.ndarray:
@@ -247,24 +247,35 @@ def cache_dir(cfg: ml_collections.ConfigDict, data_root: str) -> str:
   return os.path.join(data_root, f'synthetic-{hashlib.sha256(key.encode()).hexdigest()[:10]}')
 
 
-def prepare(cfg: ml_collections.ConfigDict, data_root: str, log=print) -> dict[str, str]:
-  """Prepared synthetic splits {name: directory}, generated and converted on first use
-  under `<data_root>/synthetic-<hash of cfg>/` (the raw clips are deleted afterwards)."""
+def prepare(cfg: ml_collections.ConfigDict, data_root: str, splits=tuple(SPLITS),
+            log=print) -> dict[str, str]:
+  """Prepared synthetic splits {name: directory} for `splits`, generated and converted on
+  first use under `<data_root>/synthetic-<hash of cfg>/` (the raw clips are deleted
+  afterwards). A split is made once: later calls make only the splits still missing."""
   check_config(cfg)
+  unknown = sorted(set(splits) - set(SPLITS))
+  if unknown:
+    raise ValueError(f'synthetic splits {unknown} do not exist; the synthetic benchmark has '
+                     f'{list(SPLITS)}')
   base = cache_dir(cfg, data_root)
   ready = os.path.join(base, READY_FILE)
+  done = []
   if os.path.exists(ready):
     with open(ready) as f:
-      return {name: os.path.join(base, name) for name in json.load(f)}
-  log(f'Generating the synthetic benchmark in {base} (once; cached for later runs).')
-  raw = generate(cfg, os.path.join(base, 'raw'), log=log)
-  for split, raw_dir in raw.items():
-    _convert(split, raw_dir, os.path.join(base, split), cfg, log)
-  shutil.rmtree(os.path.join(base, 'raw'))
-  with open(ready + '.tmp', 'w') as f:
-    json.dump(sorted(raw), f)
-  os.replace(ready + '.tmp', ready)
-  return {name: os.path.join(base, name) for name in raw}
+      done = json.load(f)
+  missing = [split for split in SPLITS if split in splits and split not in done]
+  if missing:
+    log(f'Generating the synthetic splits {", ".join(missing)} in {base} '
+        '(once; cached for later runs).')
+    raw = generate(cfg, os.path.join(base, 'raw'), splits=missing, log=log)
+    for split, raw_dir in raw.items():
+      _convert(split, raw_dir, os.path.join(base, split), cfg, log)
+    shutil.rmtree(os.path.join(base, 'raw'))
+    done = sorted(set(done) | set(missing))
+    with open(ready + '.tmp', 'w') as f:
+      json.dump(done, f)
+    os.replace(ready + '.tmp', ready)
+  return {name: os.path.join(base, name) for name in splits}
 
 
 def check_config(cfg: ml_collections.ConfigDict) -> None:

@@ -73,6 +73,34 @@ def test_prepare_converts_every_split_once_and_then_reuses_it(tmp_path, monkeypa
   assert synthetic.cache_dir(_cfg(seed=1), str(tmp_path)) != synthetic.cache_dir(cfg, str(tmp_path))
 
 
+def test_prepare_makes_only_the_requested_splits_and_adds_missing_ones_later(
+    tmp_path, monkeypatch):
+  cfg, generated = _cfg(), []
+  generate = synthetic.generate
+
+  def recording_generate(cfg, output_dir, splits, **kwargs):
+    generated.append(list(splits))
+    return generate(cfg, output_dir, splits, **kwargs)
+
+  monkeypatch.setattr(synthetic, 'generate', recording_generate)
+  first = synthetic.prepare(cfg, str(tmp_path), splits=('synthetic_test',), log=lambda _: None)
+  assert list(first) == ['synthetic_test']
+  manifest = os.path.join(first['synthetic_test'], tfrecord.MANIFEST_NAME)
+  written = os.path.getmtime(manifest)
+  both = synthetic.prepare(cfg, str(tmp_path), splits=('synthetic_duet', 'synthetic_test'),
+                           log=lambda _: None)
+  assert both == {**first, 'synthetic_duet': os.path.join(synthetic.cache_dir(
+      cfg, str(tmp_path)), 'synthetic_duet')}
+  assert generated == [['synthetic_test'], ['synthetic_duet']]
+  assert os.path.getmtime(manifest) == written
+  assert tfrecord.read_manifest(both['synthetic_duet']).num_examples == 3
+
+
+def test_unknown_split_is_named(tmp_path):
+  with pytest.raises(ValueError, match=r"synthetic splits \['synthetic_tset'\] do not exist"):
+    synthetic.prepare(_cfg(), str(tmp_path), splits=('synthetic_tset',))
+
+
 def test_raw_annotations_follow_the_published_formats(tmp_path):
   cfg = _cfg()
   dirs = synthetic.generate(cfg, str(tmp_path), splits=('synthetic_test', 'synthetic_duet'),

@@ -209,6 +209,19 @@ def test_bad_config_values_fail_naming_the_field(tmp_path, field, value, message
   assert not os.path.exists(tmp_path / 'run')  # nothing is created before the checks
 
 
+def test_evaluation_takes_the_architecture_from_the_checkpoint_and_inference_knobs_from_the_flags():
+  config = jsa_config.get_config('synthetic')
+  config.model.infer_sharpening = 0.3
+  saved = jsa_config.get_config('synthetic').to_dict()
+  saved['model'].update(dim=64, infer_sharpening=1.0)
+  logs = []
+  merged = config_lib.with_saved_model(config, saved, log=logs.append)
+  assert merged.model.dim == 64 and merged.model.infer_sharpening == 0.3
+  assert merged.train.batch_size == config.train.batch_size
+  assert [line for line in logs if 'dim' in line] and not [
+      line for line in logs if 'infer_sharpening' in line]
+
+
 def test_unwritable_workdir_fails_with_a_clear_message(tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('not a directory')
