@@ -160,6 +160,7 @@ def test_music_duet_boxes_are_converted_from_normalized_xywh(tmp_path):
                                                                          b'acoustic_guitar']
   config = jsa_config.get_config('synthetic')
   config.data.update(num_workers=0)
+  config.data.image.size = 160
   batch = next(iter(pipeline.eval_dataset(config, str(tmp_path / 'out'), batch_size=1)))
   assert batch['num_sources'][0] == 2 and batch['masks'].shape == (1, 2, 160, 160)
   assert batch['masks'][0, 1, 70:73].all() and not batch['masks'][0, 1, 20:40].any()
