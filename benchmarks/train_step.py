@@ -6,8 +6,8 @@ r"""Train step throughput, compile time, memory and FLOP utilization; prints a t
 
 FLOP utilization = XLA's FLOP count of one compiled step / step time, over the FLOP/s
 of a large matmul of the same dtype measured in the same run. Where it is below 50%,
-the second table splits the step into the image encoder, the audio encoder (forward +
-backward each) and the rest, so it says which part dominates.
+the second table times the image and the audio encoder (forward + backward each) and
+gives their own utilization, so it says which part dominates and how far it is from peak.
 """
 
 import time
@@ -26,8 +26,8 @@ _DTYPES = flags.DEFINE_list('dtypes', ['float32'], 'Compute dtypes (train.comput
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed steps per setting.')
 
 
-def encoder_costs(config, setup) -> dict[str, float]:
-  """Seconds of forward + backward of each encoder alone on the benchmark batch."""
+def encoder_costs(config, setup) -> dict[str, tuple[float, float]]:
+  """(seconds, FLOPs) of forward + backward of each encoder alone on the benchmark batch."""
   model = methods.get_method(config.method).build_model(config)
   variables = {'params': setup.state.params, 'batch_stats': setup.state.batch_stats}
   costs = {}
@@ -39,8 +39,9 @@ def encoder_costs(config, setup) -> dict[str, float]:
       out, _ = model.apply({**variables, 'params': params}, x, method=forward,
                            mutable=['batch_stats'])
       return jnp.sum(out.astype(jnp.float32) ** 2)
-    costs[name] = common.timed(jax.jit(jax.grad(loss)), setup.state.params, inputs,
-                               repeats=_REPEATS.value)
+    gradient = jax.jit(jax.grad(loss))
+    costs[name] = (common.timed(gradient, setup.state.params, inputs, repeats=_REPEATS.value),
+                   common.compiled_flops(gradient, setup.state.params, inputs))
   return costs
 
 
@@ -76,17 +77,21 @@ def main(argv):
                    'no' if recompiled else 'yes', 'yes' if old_leaf.is_deleted() else 'no'])
       if utilization < 0.5:
         costs = encoder_costs(config, common.TrainSetup(setup.mesh, state, step, setup.batch))
-        rest = seconds - sum(costs.values())
-        breakdown.append([dtype, batch_size, *(f'{c:.3f} ({100 * c / seconds:.0f}%)'
-                                               for c in (*costs.values(), rest))])
+        breakdown.append([dtype, batch_size, *(
+            cell for cost, cost_flops in costs.values()
+            for cell in (f'{cost:.3f} ({100 * cost / seconds:.0f}%)',
+                         f'{100 * cost_flops / cost / peak:.0f}%'))])
   common.print_table(
       f'Train step, {_CONFIG.value.method} ({jax.device_count()} device(s))',
       ['dtype', 'batch', 'compile s', 'step s', 'samples/s', 'GFLOP/step', 'GFLOP/s',
        'peak GFLOP/s', 'utilization', 'host GiB', 'device GiB', 'one compile', 'donated'],
       rows)
   if breakdown:
-    common.print_table('Where the step time goes (forward + backward)',
-                       ['dtype', 'batch', 'image encoder', 'audio encoder', 'rest'], breakdown)
+    common.print_table(
+        'Each encoder alone, forward + backward (separately compiled, so the parts need not '
+        'add up to the step): seconds (share of the step) and utilization',
+        ['dtype', 'batch', 'image encoder s', 'image util.', 'audio encoder s', 'audio util.'],
+        breakdown)
 
 
 if __name__ == '__main__':
