@@ -10,9 +10,11 @@ import ml_collections
 from avloc import checkpointing, config as config_lib, evaluate, methods, train
 from avloc.data import tfrecord
 
-_CONVERTERS = {
-    'vggsound': 'data_prep.vggsound', 'flickr': 'data_prep.flickr', 'vggss': 'data_prep.vggss',
-    'avsbench': 'data_prep.avsbench', 'music': 'data_prep.music',
+_CONVERTERS = {  # split-name prefix -> converter (first match)
+    'vggsound_duet': 'data_prep.music', 'vggsound_trio': 'data_prep.music',
+    'vggsound_mixed': 'data_prep.music', 'vggsound': 'data_prep.vggsound',
+    'flickr': 'data_prep.flickr', 'vggss': 'data_prep.vggss', 'avsbench': 'data_prep.avsbench',
+    'music': 'data_prep.music',
 }
 
 

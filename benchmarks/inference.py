@@ -1,6 +1,7 @@
 r"""Localization latency per image: the jitted `localize` of each method on prepared
 inputs (with the transfer of the maps back to the host), and end to end from a raw frame
-and waveform (resize, spectrogram, model); prints a table next to the NoPrior paper's 0.027 s per image on one GPU.
+and waveform (resize, spectrogram, model); prints a table next to the NoPrior paper's
+0.027 s per image on one GPU.
 
   python benchmarks/inference.py                               # the paper models, 224 px
   python benchmarks/inference.py --configs=jsa:synthetic --batch_sizes=1,16

@@ -229,12 +229,14 @@ def test_unwritable_workdir_fails_with_a_clear_message(tmp_path):
     experiment.check_workdir(str(blocker / 'run'))
 
 
-def test_missing_prepared_split_names_the_path_and_the_converter(tmp_path):
+@pytest.mark.parametrize('split,converter', [('vggsound_144k', 'vggsound'),
+                                             ('vggsound_duet', 'music')])
+def test_missing_prepared_split_names_the_path_and_the_converter(tmp_path, split, converter):
   config = tiny_config()
   config.data.root = str(tmp_path)
-  config.data.train_split = 'vggsound_144k'
-  with pytest.raises(FileNotFoundError, match=r"prepared split 'vggsound_144k' not found at "
-                     r".*vggsound_144k: convert it first \(python -m data_prep\.vggsound"):
+  config.data.train_split = split
+  with pytest.raises(FileNotFoundError, match=rf"prepared split '{split}' not found at "
+                     rf".*{split}: convert it first \(python -m data_prep\.{converter} "):
     experiment.run(config, str(tmp_path / 'run'))
 
 
