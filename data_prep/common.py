@@ -10,6 +10,7 @@ interrupted conversion resumes where it stopped and never leaves a half shard.
 import concurrent.futures
 import dataclasses
 import io
+import json
 import multiprocessing
 import os
 import time
@@ -181,6 +182,19 @@ def report(manifest: tfrecord.Manifest, num_clips: int, log=print, shown: int = 
     log(f'  skipped {entry["id"]}: {entry["reason"]}')
   if len(skipped) > shown:
     log(f'  ... and {len(skipped) - shown} more (all listed in manifest.json)')
+
+
+def read_json(path: str, what: str, parse, expected: str):
+  """`parse(the JSON value of path)`; a missing file raises FileNotFoundError('<path>:
+  <what> not found'), invalid JSON or a structure `parse` rejects (ValueError, KeyError,
+  TypeError, AttributeError) raises ValueError('<path>: <expected> (<cause>)')."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{path}: {what} not found')
+  try:
+    with open(path) as f:
+      return parse(json.load(f))
+  except (ValueError, KeyError, TypeError, AttributeError) as e:
+    raise ValueError(f'{path}: {expected} ({e!r})') from e
 
 
 def read_id_list(path: str) -> list[str]:

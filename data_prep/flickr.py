@@ -15,7 +15,6 @@ the consensus map of the benchmark.
       --output_dir=DATA/flickr_144k --split=flickr_144k
 """
 
-import json
 import os
 import xml.etree.ElementTree as ElementTree
 
@@ -41,14 +40,10 @@ def read_boxes(annotations: str) -> dict[str, list[list[float]]]:
         except (ElementTree.ParseError, ValueError, TypeError) as e:
           raise ValueError(f'{path}: not a Flickr-SoundNet annotation ({e})') from e
     return boxes
-  if not os.path.isfile(annotations):
-    raise FileNotFoundError(f'{annotations}: Flickr-SoundNet test annotations not found')
-  try:
-    with open(annotations) as f:
-      return {str(k): v for k, v in json.load(f)['boxes'].items()}
-  except (ValueError, KeyError, TypeError, AttributeError) as e:
-    raise ValueError(f'{annotations}: expected {{"boxes": {{id: [[x0, y0, x1, y1], ...]}}}} '
-                     f'({e!r})') from e
+  return common.read_json(
+      annotations, 'Flickr-SoundNet test annotations',
+      lambda value: {str(k): v for k, v in value['boxes'].items()},
+      'expected {"boxes": {id: [[x0, y0, x1, y1], ...]}}')
 
 
 def test_clips(input_dir: str, ids: str, annotations: str) -> list[common.Clip]:

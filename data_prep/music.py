@@ -11,7 +11,6 @@ boxes as NORMALIZED xywh (converted to xyxy here), any number of sources K
       [--annotations=RAW/music_duet.json] [--split=music_duet]
 """
 
-import json
 import os
 
 from absl import app, flags
@@ -35,17 +34,12 @@ def sources(entry: dict) -> list[tuple[str, list[float]]]:
 
 
 def read_annotations(path: str) -> list[dict]:
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'{path}: MUSIC annotation file not found')
-  try:
-    with open(path) as f:
-      entries = json.load(f)
+  def parse(entries):
     for entry in entries:
       if not sources(entry):
         raise KeyError(f'{entry.get("file")}: no class_src1 / bbox_src1')
-  except (ValueError, KeyError, TypeError) as e:
-    raise ValueError(f'{path}: not a MUSIC annotation list ({e})') from e
-  return entries
+    return entries
+  return common.read_json(path, 'MUSIC annotation file', parse, 'not a MUSIC annotation list')
 
 
 def list_clips(input_dir: str, annotations: str) -> tuple[list, list[str], int]:

@@ -9,7 +9,6 @@ An id list (`vggss_heard_test.csv`, `vggss_unheard_test.csv`) selects a subset.
       [--annotations=RAW/vggss.json] [--ids=vggss_heard_test.csv --split=vggss_heard110]
 """
 
-import json
 import os
 
 from absl import app, flags
@@ -19,16 +18,12 @@ from data_prep import common
 
 
 def read_annotations(path: str) -> list[dict]:
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'{path}: VGG-SS annotation file not found')
-  try:
-    with open(path) as f:
-      entries = json.load(f)
+  def parse(entries):
     for entry in entries:
       entry['file'], entry['class'], entry['bbox']  # pylint: disable=pointless-statement
-  except (ValueError, KeyError, TypeError) as e:
-    raise ValueError(f'{path}: not a vggss.json annotation list ({e!r})') from e
-  return entries
+    return entries
+  return common.read_json(path, 'VGG-SS annotation file', parse,
+                          'not a vggss.json annotation list')
 
 
 def list_clips(input_dir: str, annotations: str, ids: str = '') -> tuple[list, list[str]]:

@@ -14,7 +14,7 @@ from PIL import Image
 
 from avloc.data import pipeline, tfrecord
 from configs import jsa as jsa_config
-from data_prep import common, music, vggss, vggsound
+from data_prep import common, flickr, music, vggss, vggsound
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(REPO), 'shared')
@@ -85,6 +85,30 @@ def test_vggss_round_trip_to_pipeline_batches(tmp_path):
   batch = next(iter(pipeline.eval_dataset(config, str(out), batch_size=2)))
   np.testing.assert_allclose(batch['boxes'][0, 0], VGGSS_ENTRIES[0]['bbox'][0], rtol=1e-6)
   assert list(batch['label']) == [manifest.classes.index(e['class']) for e in VGGSS_ENTRIES]
+
+
+_ANNOTATION_READERS = [
+    (vggss.read_annotations, 'VGG-SS annotation file', 'not a vggss.json annotation list',
+     [{'file': 'a', 'class': 'dog'}]),  # no 'bbox'
+    (music.read_annotations, 'MUSIC annotation file', 'not a MUSIC annotation list',
+     [{'file': 'a', 'class_src2': 'cello'}]),  # no first source
+    (flickr.read_boxes, 'Flickr-SoundNet test annotations', r'expected \{"boxes":',
+     {'box': {}}),
+]
+
+
+@pytest.mark.parametrize('read,what,expected,wrong', _ANNOTATION_READERS)
+def test_annotation_files_that_are_missing_invalid_or_malformed_are_named(
+    tmp_path, read, what, expected, wrong):
+  path = tmp_path / 'annotations.json'
+  with pytest.raises(FileNotFoundError, match=f'{path}: {what} not found'):
+    read(str(path))
+  path.write_text('[{"file": ')
+  with pytest.raises(ValueError, match=f'{path}: {expected} .*JSONDecodeError'):
+    read(str(path))
+  path.write_text(json.dumps(wrong))
+  with pytest.raises(ValueError, match=f'{path}: {expected} .*KeyError'):
+    read(str(path))
 
 
 def test_missing_and_corrupt_inputs_are_skipped_with_their_reason(tmp_path):
@@ -235,7 +259,6 @@ FLICKR_BOXES = {'10000130166': [[69, 1, 216, 256], [85, 1, 186, 203], [40, 1, 22
 
 @pytest.mark.parametrize('as_xml', [False, True])
 def test_flickr_test_boxes_keep_one_group_per_annotator(tmp_path, as_xml):
-  from data_prep import flickr  # pylint: disable=g-import-not-at-top
   root = _raw_dir(tmp_path, list(FLICKR_BOXES))
   (root / 'flickr_test.csv').write_text('10000130166,202\n10007936344,0\n')
   if as_xml:
