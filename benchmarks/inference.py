@@ -53,10 +53,8 @@ def main(argv):
       compile_seconds = time.perf_counter() - start
       model_seconds = common.timed(localizer.localize_inputs, images, spectrograms,
                                    repeats=_REPEATS.value) / batch
-      start = time.perf_counter()
-      for _ in range(_REPEATS.value):
-        localizer.localize([frame] * batch, [waveform] * batch)
-      end_to_end = (time.perf_counter() - start) / _REPEATS.value / batch
+      end_to_end = common.timed(localizer.localize, [frame] * batch, [waveform] * batch,
+                                repeats=_REPEATS.value) / batch
       rows.append([spec, batch, f'{compile_seconds:.1f}', f'{1e3 * model_seconds:.1f}',
                    f'{1e3 * end_to_end:.1f}', f'{1 / end_to_end:.1f}',
                    f'{PAPER_SECONDS_PER_IMAGE / end_to_end:.2f}'])

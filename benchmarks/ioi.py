@@ -100,10 +100,8 @@ def main(argv):
       jax.block_until_ready(vectorized(*inputs))
       compile_seconds = time.perf_counter() - start
       jit_seconds = common.timed(vectorized, *inputs, repeats=_REPEATS.value)
-      start = time.perf_counter()
-      for _ in range(_REPEATS.value):
-        expected = per_sample(*inputs)
-      python_seconds = (time.perf_counter() - start) / _REPEATS.value
+      python_seconds = common.timed(per_sample, *inputs, repeats=_REPEATS.value, warmup=0)
+      expected = per_sample(*inputs)
       labels, iterations = jax.device_get(vectorized(*inputs))
       agree = (np.array_equal(labels, expected[0])
                and np.array_equal(iterations, expected[1]))
