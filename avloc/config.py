@@ -83,6 +83,21 @@ def synthetic_config() -> ml_collections.ConfigDict:
   ))
 
 
+def cpu_sized(config: ml_collections.ConfigDict) -> None:
+  """The `synthetic` variants' common part, in place: the synthetic benchmark's frames and
+  clip length (one generated set serves every method), width-16 ResNet-18s with D = 128,
+  batch 32 and the logging / checkpoint / evaluation cadence of a run of minutes."""
+  config.data.image.size = 128
+  config.data.image.train_resize = 144
+  config.data.audio.seconds = config.data.synthetic.audio_seconds
+  config.model.update(dim=128, width=16)
+  config.optim.learning_rate = 5e-4
+  config.train.batch_size = 32
+  config.train.log_every_steps = 20
+  config.train.checkpoint_every_steps = 200
+  config.eval.batch_size = 100
+
+
 def optim_config(name: str, lr: float, weight_decay: float) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       name=name,  # 'adam' or 'adamw'

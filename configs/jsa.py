@@ -79,19 +79,12 @@ def get_config(variant: str = 'vggsound_144k') -> ml_collections.ConfigDict:
 def _cpu_sized(config: ml_collections.ConfigDict) -> None:
   """A narrow network, small frames and 1 s clips: the README's run (data generation,
   500 steps, five evaluations) takes about 12 minutes on 2 CPU cores."""
+  cfg.cpu_sized(config)
   config.data.image.hard_augment = False
   config.data.spec_augment = False
-  config.data.image.size = 128
-  config.data.image.train_resize = 144
-  config.data.audio.seconds = config.data.synthetic.audio_seconds
   # infer_sharpening 0.1: the release's value for its small (10k) training subsets.
-  config.model.update(dim=128, width=16, mlp_dim=256, infer_sharpening=0.1)
+  config.model.update(mlp_dim=256, infer_sharpening=0.1)
   config.loss.k = 5
-  config.optim.learning_rate = 5e-4
   config.optim.schedule = 'cosine'
   config.optim.warmup_steps = 50
-  config.train.batch_size = 32
   config.train.epochs = 4
-  config.train.log_every_steps = 20
-  config.train.checkpoint_every_steps = 200
-  config.eval.batch_size = 100

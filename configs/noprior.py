@@ -55,14 +55,6 @@ def get_config(variant: str = 'vggsound_144k') -> ml_collections.ConfigDict:
   config.eval.threshold_protocol = 'median'
 
   if variant == 'synthetic':  # CPU-sized, on the synthetic data of configs/jsa.py:synthetic
-    config.data.image.size = 128
-    config.data.image.train_resize = 144
-    config.data.audio.seconds = config.data.synthetic.audio_seconds
-    config.model.update(dim=128, width=16)
-    config.optim.learning_rate = 5e-4
-    config.train.batch_size = 32
+    cfg.cpu_sized(config)
     config.train.epochs = 3
-    config.train.log_every_steps = 20
-    config.train.checkpoint_every_steps = 200
-    config.eval.batch_size = 100
   return config

@@ -127,3 +127,12 @@ def test_spectrogram_of_a_synthetic_clip_has_the_configured_shape():
   cfg = _cfg(audio_seconds=1.0)
   waveform = synthetic.render_clip(cfg, np.random.default_rng(0), [2])['waveform']
   assert audio.log_spectrogram(waveform, config_lib.audio_config(1.0)).shape == (257, 101)
+
+
+def test_both_methods_cpu_sized_variants_train_on_one_generated_set(tmp_path):
+  from configs import jsa, noprior  # pylint: disable=g-import-not-at-top
+  configs = [module.get_config('synthetic') for module in (jsa, noprior)]
+  assert len({synthetic.cache_dir(c.data.synthetic, str(tmp_path)) for c in configs}) == 1
+  for c in configs:
+    assert c.data.audio.seconds == c.data.synthetic.audio_seconds
+    assert c.data.image.size <= c.data.synthetic.image_size
