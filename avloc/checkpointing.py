@@ -98,7 +98,8 @@ def _step_dirs(directory: str) -> list[int]:
 
 
 def load_inference(path: str) -> tuple[ml_collections.ConfigDict, dict]:
-  """(config, variables) from a training workdir, an export directory or one step of it.
+  """(config, variables) from a training workdir, an export or training checkpoint
+  directory, or one step of either.
 
   A workdir gives its export (the best evaluation), or else the model variables of its
   latest training checkpoint. Arrays come back as host numpy arrays.
@@ -106,22 +107,20 @@ def load_inference(path: str) -> tuple[ml_collections.ConfigDict, dict]:
   path = os.path.abspath(os.path.expanduser(path))
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path}: no such checkpoint or workdir')
-  candidates = [
-      (os.path.join(path, EXPORT_DIR), 'variables'),
-      (path, 'variables'),
-      (os.path.join(path, TRAIN_DIR), 'state'),
-  ]
-  for directory, item in candidates:
+  for directory in (os.path.join(path, EXPORT_DIR), path, os.path.join(path, TRAIN_DIR)):
     steps = _step_dirs(directory)
     if steps:
-      return _restore_item(os.path.join(directory, str(steps[-1])), item)
-  if os.path.isdir(os.path.join(path, 'variables')):
-    return _restore_item(path, 'variables')
-  if os.path.isdir(os.path.join(path, 'state')):
-    return _restore_item(path, 'state')
+      return _restore_step(os.path.join(directory, str(steps[-1])))
+  return _restore_step(path)
+
+
+def _restore_step(step_dir: str) -> tuple[ml_collections.ConfigDict, dict]:
+  for item in ('variables', 'state'):
+    if os.path.isdir(os.path.join(step_dir, item)):
+      return _restore_item(step_dir, item)
   raise FileNotFoundError(
-      f'{path}: holds no avloc checkpoint (expected {EXPORT_DIR}/<step>, {TRAIN_DIR}/<step> '
-      'or an export step directory with variables/ and config/)')
+      f'{step_dir}: holds no avloc checkpoint (expected {EXPORT_DIR}/<step>, {TRAIN_DIR}/<step> '
+      'or a step directory with variables/ or state/ and config/)')
 
 
 def _restore_item(step_dir: str, item: str) -> tuple[ml_collections.ConfigDict, dict]:

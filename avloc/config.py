@@ -139,6 +139,12 @@ def eval_config(splits: str, best_metric: str) -> ml_collections.ConfigDict:
       num_visualize=8,  # samples per split drawn into the PNG grid
       best_metric=best_metric,  # '<split>/<metric>' that selects the best export
       max_examples=0,  # > 0 evaluates only the first examples of each split
+      # Object-guided localization (OGL, EZ-VSL; JSA Tables 1-2 "with OGL"): with `weights`
+      # (an ImageNet ResNet-18: torchvision .pth or `python -m avloc.convert
+      # --kind=imagenet_resnet18` export) every map variant also gets a '<variant>+ogl' map,
+      # normalize(alpha * map + (1 - alpha) * object prior), and each table an
+      # 'object prior' row. alpha: EZ-VSL's / the JSA release's --alpha.
+      object_guidance=dict(weights='', alpha=0.4),
   ))
 
 
@@ -235,6 +241,8 @@ def validate(config: ml_collections.ConfigDict, method_checks: Callable | None =
          "must be 'minmax' or 'median'", config.eval.threshold_protocol)
   require(0.0 <= config.eval.threshold <= 1.0, 'eval.threshold', 'must be in [0, 1]',
          config.eval.threshold)
+  require(0.0 <= config.eval.object_guidance.alpha <= 1.0, 'eval.object_guidance.alpha',
+          'must be in [0, 1]', config.eval.object_guidance.alpha)
   require(bool(config.data.train_split), 'data.train_split', 'must name a prepared split',
          config.data.train_split)
   require('/' in config.eval.best_metric or not config.eval.best_metric, 'eval.best_metric',

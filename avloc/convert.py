@@ -336,6 +336,9 @@ def load_image_trunk(path: str) -> dict:
   """{'params', 'batch_stats'} of an ImageNet ResNet-18 trunk from a torchvision .pth file
   or from an export written by `--kind=imagenet_resnet18`."""
   path = os.path.expanduser(path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path}: no such ImageNet ResNet-18 file (torchvision .pth) or '
+                            f'export (python -m avloc.convert --kind={TRUNK_KIND})')
   if not os.path.isdir(path):
     return image_trunk_from_torchvision(load_torch_state_dict(path))
   saved, variables = checkpointing.load_inference(path)

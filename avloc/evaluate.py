@@ -7,7 +7,10 @@ and scored against the split's ground truth (avloc.metrics): cIoU / AP50 / AUC a
 mIoU and F-score for mask ground truth (AVSBench), Recall@K when the method gives
 embeddings and the split has class labels, and the multi-source metrics when the method
 gives one map per object. A centre-prior baseline is scored once per split, so every
-table says how far the model is from a map that ignores the input.
+table says how far the model is from a map that ignores the input. With
+`config.eval.object_guidance.weights` every map variant also gets its object-guided
+version ('<variant>+ogl', EZ-VSL's OGL as JSA Tables 1-2 report it) and the ImageNet
+object prior alone is scored once per split as a second baseline.
 """
 
 import csv
@@ -17,11 +20,14 @@ import os
 import jax
 import numpy as np
 
-from avloc import methods, sharding, visualize
+from avloc import convert, methods, sharding, visualize
 from avloc.data import pipeline, tfrecord
 from avloc.metrics import avsbench, localization, multisource, retrieval
+from avloc.models import object_prior
 
 CENTER_PRIOR = 'center prior'
+OBJECT_PRIOR = 'object prior'
+OGL_SUFFIX = '+ogl'
 AVSBENCH_FRAMES_PER_CLIP = 5
 _PRIOR_VARIANT = 'prior'
 
@@ -103,6 +109,13 @@ class Evaluator:
     self._localize = jax.jit(
         functools.partial(self.method.localize, self.model, config=config),
         in_shardings=(replicated, batched, batched), out_shardings=replicated)
+    guidance = config.eval.object_guidance
+    self._object_trunk = None
+    if guidance.weights:
+      self._object_trunk = convert.load_image_trunk(guidance.weights)
+      self._object_prior = jax.jit(object_prior.object_prior_maps,
+                                   in_shardings=(replicated, batched),
+                                   out_shardings=replicated)
     self.manifests = {name: tfrecord.read_manifest(d) for name, d in split_dirs.items()}
     self.rows = {name: [] for name in split_dirs}  # (row label, metrics) per evaluation
     self.last_metrics = {}
@@ -114,7 +127,8 @@ class Evaluator:
     metrics = {}
     for split, directory in self.split_dirs.items():
       if not self.rows[split]:
-        self.rows[split].append((CENTER_PRIOR, self._evaluate_split(None, split, directory)))
+        for baseline in self._baselines():
+          self.rows[split].append((baseline, self._evaluate_split(baseline, split, directory)))
       label = f'{self.config.method} ' + ('(checkpoint)' if step is None else f'step {step}')
       scores = self._evaluate_split(variables, split, directory, step)
       self.rows[split].append((label, scores))
@@ -129,20 +143,41 @@ class Evaluator:
   def _batches(self, directory):
     return pipeline.eval_dataset(self.config, directory, batch_size=self.config.eval.batch_size)
 
-  def _outputs(self, variables, batch) -> dict:
-    """Model outputs for a host batch, or the centre prior when `variables` is None."""
-    if variables is None:
-      prior = center_prior(self.size)
+  def _baselines(self) -> list[str]:
+    return [CENTER_PRIOR] + ([OBJECT_PRIOR] if self._object_trunk is not None else [])
+
+  def _outputs(self, model, batch) -> dict:
+    """Outputs for a host batch: of the model when `model` holds its variables, of a
+    baseline when it is CENTER_PRIOR or OBJECT_PRIOR. With object guidance the model's
+    outputs carry the object prior maps [B, H, W] as 'object_prior'."""
+    if isinstance(model, str) and model == CENTER_PRIOR:
+      heatmap = center_prior(self.size)
       return {'heatmaps': {_PRIOR_VARIANT: np.broadcast_to(
-          prior, (len(batch['index']),) + prior.shape)}}
+          heatmap, (len(batch['index']),) + heatmap.shape)}}
     local = sharding.process_slice(batch['image'].shape[0])
     inputs = sharding.global_batch(
         {'image': batch['image'][local], 'spectrogram': batch['spectrogram'][local]}, self.mesh)
-    outputs = jax.device_get(self._localize(variables, inputs['image'], inputs['spectrogram']))
+    prior = None
+    if self._object_trunk is not None:
+      prior = np.asarray(jax.device_get(self._object_prior(self._object_trunk, inputs['image'])))
+    if isinstance(model, str):
+      return {'heatmaps': {_PRIOR_VARIANT: prior}}
+    outputs = jax.device_get(self._localize(model, inputs['image'], inputs['spectrogram']))
     outputs['heatmaps'] = self.method.heatmaps_in_order(outputs['heatmaps'], self.config)
+    if prior is not None:
+      outputs['object_prior'] = prior
     return outputs
 
-  def _evaluate_split(self, variables, split, directory, step=None) -> dict[str, float]:
+  def _maps(self, outputs, i) -> dict[str, np.ndarray]:
+    """Sample i's heatmaps by variant, then their object-guided versions (when guided)."""
+    maps = {name: np.asarray(m[i]) for name, m in outputs['heatmaps'].items()}
+    if 'object_prior' in outputs:
+      alpha = self.config.eval.object_guidance.alpha
+      maps.update({name + OGL_SUFFIX: localization.object_guided_map(
+          heatmap, outputs['object_prior'][i], alpha) for name, heatmap in list(maps.items())})
+    return maps
+
+  def _evaluate_split(self, model, split, directory, step=None) -> dict[str, float]:
     manifest = self.manifests[split]
     config = self.config.eval
     keep_masks = manifest.gt == tfrecord.GT_MASKS
@@ -150,14 +185,14 @@ class Evaluator:
     scores, embeddings, labels, multi, visuals = {}, ([], []), [], [], []
     seen = 0
     for batch in self._batches(directory):
-      outputs = self._outputs(variables, batch)
+      outputs = self._outputs(model, batch)
       for i in np.flatnonzero(batch['valid']):
         if config.max_examples and seen >= config.max_examples:
           break
         seen += 1
         gt_sources = source_maps(manifest.gt, batch, i, self.size)
         gt = np.clip(gt_sources.sum(0), 0, 1) if len(gt_sources) > 1 else gt_sources[0]
-        maps = {name: np.asarray(m[i]) for name, m in outputs['heatmaps'].items()}
+        maps = self._maps(outputs, i)
         for name, heatmap in maps.items():
           scores.setdefault(name, _SplitScores(fscore_batch)).add(
               heatmap, gt, config.threshold_protocol, self.threshold, keep_masks)
@@ -188,7 +223,7 @@ class Evaluator:
         summary = {**multisource.summarize_single_source(multi),
                    'count_acc': float(np.mean([r.num_objects == 1 for r in multi]))}
       result.update({f'objects/{k}': v for k, v in summary.items()})
-    if variables is not None:
+    if not isinstance(model, str):  # a baseline draws no pictures
       self._save_visuals(split, step, visuals)
     return result
 

@@ -59,10 +59,16 @@ def resolve_splits(config: ml_collections.ConfigDict, names: list[str],
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, mode: str = 'train_and_eval',
-        log=print) -> dict:
-  """Trains and/or evaluates; returns the last evaluation metrics ({} without one)."""
+        log=print, checkpoint: str = '') -> dict:
+  """Trains and/or evaluates; returns the last evaluation metrics ({} without one).
+
+  mode 'eval' scores `checkpoint` (an export or training step directory, or a workdir)
+  or, without one, the workdir's best export (else its latest training checkpoint).
+  """
   if mode not in ('train', 'eval', 'train_and_eval'):
     raise ValueError(f"mode must be 'train', 'eval' or 'train_and_eval', got {mode!r}")
+  if checkpoint and mode != 'eval':
+    raise ValueError(f'a checkpoint to evaluate ({checkpoint}) needs mode eval, got {mode!r}')
   method = methods.get_method(config.method)
   config_lib.validate(config, method.check_config)
   workdir = check_workdir(workdir)
@@ -71,7 +77,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = 'train_and_
   split_dirs = resolve_splits(config, train_names + eval_names, log=log)
   variables = None
   if mode == 'eval':
-    saved_config, variables = checkpointing.load_inference(workdir)
+    saved_config, variables = checkpointing.load_inference(checkpoint or workdir)
     config = config_lib.with_saved_model(config, saved_config, log)
   tfrecord.atomic_write_json(os.path.join(workdir, 'config.json'), config.to_dict())
   evaluator = None

@@ -13,7 +13,8 @@ import pytest
 
 from avloc import checkpointing, convert, methods, sharding, train
 from avloc.data import audio as audio_lib
-from avloc.models.resnet import ResNet18
+from avloc.models import object_prior
+from avloc.models.resnet import IMAGENET_MEAN, IMAGENET_STD, ResNet18
 from avloc.models.slot_attention import ModalityBranch
 from configs import jsa as jsa_config
 
@@ -237,6 +238,22 @@ def test_trunk_matches_torchvision_resnet18():
   actual = ResNet18(width=4).apply(variables, x, train=False)
   assert actual.shape == expected.shape == (2, 2, 2, 32)
   assert_close(actual, expected)
+
+
+def test_object_prior_matches_ezvsl_saliency():
+  # EZ-VSL / JSA release: torchvision ResNet-18 with avgpool = Identity and fc = Unflatten +
+  # NormReducer(dim=1) (mean |x| over channels), bicubically upsampled to the image.
+  torch.manual_seed(2)
+  net = randomize(ResNet(4, 'fc'))
+  image = np.random.default_rng(2).integers(0, 256, (2, 96, 80, 3), dtype=np.uint8)
+  normalized = (image / 255.0 - np.asarray(IMAGENET_MEAN)) / np.asarray(IMAGENET_STD)
+  features = net.trunk(torch.from_numpy(normalized.astype(np.float32)).permute(0, 3, 1, 2))
+  saliency = features.abs().mean(1, keepdim=True)
+  expected = F.interpolate(saliency, size=(96, 80), mode='bicubic', align_corners=False)
+  actual = object_prior.object_prior_maps(
+      convert.image_trunk_from_torchvision(net.state_dict()), image)
+  assert actual.shape == (2, 96, 80) and saliency.shape[2:] == (3, 3)
+  assert_close(actual, numpy(expected)[:, 0])
 
 
 def test_encoder_tokens_match(release):

@@ -78,11 +78,17 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def normalize_pixels(image, mean, std):
+  """uint8 [B, H, W, 3] -> float32, scaled to [0, 1] and normalized by `mean` / `std`
+  (torchvision's ToTensor + Normalize)."""
+  return (image.astype(jnp.float32) / 255.0 - jnp.asarray(mean)) / jnp.asarray(std)
+
+
 class ImageEncoder(nn.Module):
   """f_v: uint8 image [B, H, W, 3] -> features [B, h, w, dim] (ResNet-18 + 1x1 conv, bias).
 
-  Pixels are scaled to [0, 1] and normalized by `mean` / `std` here (torchvision's
-  ToTensor + Normalize), so every caller feeds the same uint8 images.
+  Pixels are normalized here (`normalize_pixels`), so every caller feeds the same uint8
+  images.
   """
 
   dim: int = 512
@@ -94,7 +100,7 @@ class ImageEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, image, train: bool):
-    x = (image.astype(jnp.float32) / 255.0 - jnp.asarray(self.mean)) / jnp.asarray(self.std)
+    x = normalize_pixels(image, self.mean, self.std)
     x = ResNet18(self.width, stem_pool=self.stem_pool, dtype=self.dtype, name='trunk')(x, train)
     return _conv(self.dim, 1, 1, 0, self.dtype, 'projection', use_bias=True)(x)
 
