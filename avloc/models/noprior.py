@@ -104,17 +104,21 @@ def iterative_object_identification(sound_map, features, background, epsilon):
         step=step + 1, remaining=remaining,
         done=state['done'] | (jnp.max(remaining, axis=1) <= epsilon),
         index=state['index'].at[:, step].set(jnp.where(active, peak, 0)),
-        region=state['region'].at[:, step].set(found),
-        valid=state['valid'].at[:, step].set(active))
+        iterations=state['iterations'] + active)
 
+  # The loop carries only what the next iteration needs; the regions are recomputed from
+  # the bank's indices afterwards (the same comparison, without a [B, T, N] loop state).
   state = jax.lax.while_loop(not_done, iterate, dict(
       step=jnp.zeros((), jnp.int32), remaining=sound_map,
       done=jnp.max(sound_map, axis=1) <= epsilon, index=jnp.zeros((batch, cells), jnp.int32),
-      region=jnp.zeros((batch, cells, cells), bool), valid=jnp.zeros((batch, cells), bool)))
-  foreground = jnp.take_along_axis(gram, state['index'][..., None], axis=1)
-  return dict(index=state['index'], region=state['region'],
-              foreground=foreground * state['valid'][..., None], background=negative,
-              valid=state['valid'], iterations=jnp.sum(state['valid'], axis=1, dtype=jnp.int32))
+      iterations=jnp.zeros((batch,), jnp.int32)))
+  index, iterations = state['index'], state['iterations']
+  valid = positions < iterations[:, None]  # [B, T]: the first `iterations` slots
+  foreground = jnp.take_along_axis(gram, index[..., None], axis=1) * valid[..., None]
+  region = (((foreground > negative[:, None]) | (positions == index[..., None]))
+            & valid[..., None])
+  return dict(index=index, region=region, foreground=foreground, background=negative,
+              valid=valid, iterations=iterations)
 
 
 def bank_similarities(ioi, background):
