@@ -2,6 +2,7 @@
 `localize`, scored by hand with the papers' formulas; object-guided localization (OGL);
 `--mode=eval` on a named checkpoint."""
 
+import functools
 import json
 import os
 
@@ -45,12 +46,14 @@ def _variables(config):
 def _trunk_export(directory):
   """An ImageNet-trunk export (what `avloc.convert --kind=imagenet_resnet18` writes) with
   random width-4 weights and non-trivial BatchNorm statistics."""
-  variables = ResNet18(width=4).init(jax.random.PRNGKey(1), np.zeros((1, SIZE, SIZE, 3)),
-                                     train=False)
+  shapes = jax.eval_shape(functools.partial(ResNet18(width=4).init, train=False),
+                          jax.random.PRNGKey(1), np.zeros((1, SIZE, SIZE, 3), np.float32))
   rng = np.random.default_rng(1)
-  variables = jax.tree_util.tree_map(
-      lambda x: np.asarray(x) + rng.uniform(0.1, 0.5, np.shape(x)).astype(np.float32),
-      jax.device_get(variables))
+  variables = {
+      'params': jax.tree_util.tree_map(
+          lambda x: rng.normal(0.0, 0.3, x.shape).astype(np.float32), shapes['params']),
+      'batch_stats': jax.tree_util.tree_map(
+          lambda x: rng.uniform(0.5, 1.5, x.shape).astype(np.float32), shapes['batch_stats'])}
   exporter = checkpointing.Exporter(str(directory), best_metric='')
   exporter.export(0, variables, ml_collections.ConfigDict({'kind': convert.TRUNK_KIND}), None)
   exporter.close()
@@ -84,12 +87,13 @@ def evaluated(tmp_path_factory):
 
 def test_evaluator_scores_equal_a_direct_computation_with_and_without_ogl(evaluated):
   config, model, variables = evaluated['config'], evaluated['model'], evaluated['variables']
-  method = methods.get_method('jsa')
+  localize = jax.jit(functools.partial(methods.get_method('jsa').localize, model,
+                                       config=config))
+  prior_maps = jax.jit(object_prior.object_prior_maps)
   cious, embeddings, labels = {}, ([], []), []
   for batch in pipeline.eval_dataset(config, evaluated['split'], batch_size=4):
-    outputs = jax.device_get(method.localize(model, variables, batch['image'],
-                                             batch['spectrogram'], config=config))
-    prior = np.asarray(object_prior.object_prior_maps(evaluated['trunk'], batch['image']))
+    outputs = jax.device_get(localize(variables, batch['image'], batch['spectrogram']))
+    prior = np.asarray(prior_maps(evaluated['trunk'], batch['image']))
     for i in np.flatnonzero(batch['valid']):
       x0, y0, x1, y1 = (batch['boxes'][i, 0] * SIZE).astype(int)
       gt = np.zeros((SIZE, SIZE))
