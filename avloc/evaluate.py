@@ -150,7 +150,7 @@ class Evaluator:
     """Outputs for a host batch: of the model when `model` holds its variables, of a
     baseline when it is CENTER_PRIOR or OBJECT_PRIOR. With object guidance the model's
     outputs carry the object prior maps [B, H, W] as 'object_prior'."""
-    if isinstance(model, str) and model == CENTER_PRIOR:
+    if model == CENTER_PRIOR:
       heatmap = center_prior(self.size)
       return {'heatmaps': {_PRIOR_VARIANT: np.broadcast_to(
           heatmap, (len(batch['index']),) + heatmap.shape)}}
@@ -159,7 +159,7 @@ class Evaluator:
         {'image': batch['image'][local], 'spectrogram': batch['spectrogram'][local]}, self.mesh)
     prior = None
     if self._object_trunk is not None:
-      prior = np.asarray(jax.device_get(self._object_prior(self._object_trunk, inputs['image'])))
+      prior = jax.device_get(self._object_prior(self._object_trunk, inputs['image']))
     if isinstance(model, str):
       return {'heatmaps': {_PRIOR_VARIANT: prior}}
     outputs = jax.device_get(self._localize(model, inputs['image'], inputs['spectrogram']))

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from avloc import config as config_lib, experiment, methods, sharding, train
+from avloc import checkpointing, config as config_lib, experiment, methods, sharding, train
 from avloc.data import pipeline
 from configs import jsa as jsa_config
 from tests import splits
@@ -192,6 +192,10 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
   for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(resumed.params)),
                   jax.tree_util.tree_leaves(jax.device_get(reference.params))):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  # --mode=eval --checkpoint may name the training checkpoint directory: its latest step.
+  _, latest = checkpointing.load_inference(os.path.join(resumed_dir, checkpointing.TRAIN_DIR))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, latest['params'],
+                         jax.device_get(resumed.params))
 
 
 @pytest.mark.parametrize('field,value,message', [
