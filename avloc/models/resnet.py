@@ -84,8 +84,21 @@ def normalize_pixels(image, mean, std):
   return (image.astype(jnp.float32) / 255.0 - jnp.asarray(mean)) / jnp.asarray(std)
 
 
+def _project(x, dim, projection, dtype):
+  """The encoders' head: a 1x1 conv with bias to `dim` channels (JSA Sec. 4.1), or, with
+  `projection=False`, the trunk's post-ReLU output itself (LVS and the NoPrior release:
+  features >= 0, so their cosines are >= 0); then `dim` must be the trunk's 8 * width."""
+  if projection:
+    return _conv(dim, 1, 1, 0, dtype, 'projection', use_bias=True)(x)
+  if x.shape[-1] != dim:
+    raise ValueError(f'without a projection the features are the trunk output '
+                     f'({x.shape[-1]} channels = 8 * width), but dim is {dim}')
+  return x
+
+
 class ImageEncoder(nn.Module):
-  """f_v: uint8 image [B, H, W, 3] -> features [B, h, w, dim] (ResNet-18 + 1x1 conv, bias).
+  """f_v: uint8 image [B, H, W, 3] -> features [B, h, w, dim] (ResNet-18, then the 1x1
+  projection unless `projection=False`, see `_project`).
 
   Pixels are normalized here (`normalize_pixels`), so every caller feeds the same uint8
   images.
@@ -97,19 +110,20 @@ class ImageEncoder(nn.Module):
   mean: tuple[float, ...] = IMAGENET_MEAN
   std: tuple[float, ...] = IMAGENET_STD
   dtype: jnp.dtype = jnp.float32
+  projection: bool = True
 
   @nn.compact
   def __call__(self, image, train: bool):
     x = normalize_pixels(image, self.mean, self.std)
     x = ResNet18(self.width, stem_pool=self.stem_pool, dtype=self.dtype, name='trunk')(x, train)
-    return _conv(self.dim, 1, 1, 0, self.dtype, 'projection', use_bias=True)(x)
+    return _project(x, self.dim, self.projection, self.dtype)
 
 
 class AudioEncoder(nn.Module):
   """f_a: log spectrogram [B, F, T, 1] (frequency on the height axis) -> tokens.
 
-  ResNet-18 with a 1-channel stem trained from scratch, then a 1x1 conv projection (with
-  bias). `pool='frequency_max'` max-pools the frequency axis only, giving [B, t, dim]
+  ResNet-18 with a 1-channel stem trained from scratch, then the 1x1 conv projection
+  (with bias) unless `projection=False` (see `_project`). `pool='frequency_max'` max-pools the frequency axis only, giving [B, t, dim]
   tokens (JSA: 257x501 -> t = 16); `pool='none'` returns the map [B, f, t, dim].
   """
 
@@ -118,12 +132,13 @@ class AudioEncoder(nn.Module):
   stem_pool: bool = True
   pool: str = 'frequency_max'
   dtype: jnp.dtype = jnp.float32
+  projection: bool = True
 
   @nn.compact
   def __call__(self, spectrogram, train: bool):
     x = ResNet18(self.width, stem_pool=self.stem_pool, dtype=self.dtype, name='trunk')(
         spectrogram, train)
-    x = _conv(self.dim, 1, 1, 0, self.dtype, 'projection', use_bias=True)(x)
+    x = _project(x, self.dim, self.projection, self.dtype)
     if self.pool == 'frequency_max':
       return jnp.max(x, axis=1)
     if self.pool == 'none':
