@@ -93,7 +93,7 @@ def _build_noprior(config):
 
 
 def _noprior_loss(outputs, config):
-  return noprior_losses.noprior_loss(outputs, config.loss)
+  return noprior_losses.noprior_loss(outputs, config)
 
 
 def _noprior_localize(model, variables, image, spectrogram, config):
@@ -121,6 +121,13 @@ def _check_noprior_config(config):
             model[name])
   require(model.max_objects >= 1, 'model.max_objects', 'must be >= 1', model.max_objects)
   require(loss.temperature > 0, 'loss.temperature', 'must be > 0', loss.temperature)
+  require(loss.avc_form in ('lvs', 'printed'), 'loss.avc_form', "must be 'lvs' or 'printed'",
+          loss.avc_form)
+  require(loss.negative_margin >= 0, 'loss.negative_margin', 'must be >= 0',
+          loss.negative_margin)
+  if not model.projection:
+    require(model.dim == 8 * model.width, 'model.dim',
+            f'must be 8 * model.width = {8 * model.width} without a projection', model.dim)
   for name in ('lambda_avc', 'lambda_osc'):
     require(loss[name] >= 0, f'loss.{name}', 'must be >= 0', loss[name])
   require(config.data.mixture.num_sources >= 1, 'data.mixture.num_sources', 'must be >= 1',

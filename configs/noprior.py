@@ -29,12 +29,19 @@ def get_config(variant: str = 'vggsound_144k') -> ml_collections.ConfigDict:
   # (2 -> 224x448) and waveforms summed before the spectrogram (Sec. 4.1).
   config.data.mixture = ml_collections.ConfigDict(dict(num_sources=2))
   config.model = ml_collections.ConfigDict(dict(
-      dim=512,
+      dim=512,  # = 8 * width: the ResNet-18 output (no projection)
       width=64,
       stem_pool=True,
+      # No 1x1 projection head: F_v and F_a are the trunks' post-ReLU outputs, as in the
+      # release (and LVS), so S_v >= 0 and F_hat = S_v * F_v keeps every cell's direction.
+      # A projection with bias lets S_v go negative and F_hat flip background cells
+      # towards the objects.
+      projection=False,
       mask_alpha=0.65,  # alpha of Eq. 2 (supplement: 0.65, following LVS)
       mask_omega=0.03,  # omega of Eq. 2
-      ioi_epsilon=0.0,  # Algorithm 1 stops when max(S_v) <= epsilon
+      # Algorithm 1 stops when max(S_v) <= epsilon; the release stops below 0.1
+      # (`model_base.py`, `positive[i].max() < 0.1`). 0 over-counts by a background object.
+      ioi_epsilon=0.1,
       tau1=0.7,  # background filter on the object bank (Sec. 3.4)
       tau2=0.6,  # same-object threshold for the clustering (Sec. 3.4)
       max_objects=8,  # object maps returned by localize, first found first (not in paper)
@@ -47,7 +54,11 @@ def get_config(variant: str = 'vggsound_144k') -> ml_collections.ConfigDict:
   config.loss = ml_collections.ConfigDict(dict(
       lambda_avc=1.0,  # lambda_1 of Eq. 5
       lambda_osc=1.0,  # lambda_2 of Eq. 5
-      temperature=1.0,  # divides Pos and Neg of Eq. 3 (1 = as printed; LVS uses 0.07)
+      # Eq. 3 as the release computes it (LVS's tri-map loss, losses/lvs.py), or
+      # 'printed': the equation as printed (temperature 1, one summed negative).
+      avc_form='lvs',
+      temperature=0.07,  # the release's --logit_temperature
+      negative_margin=0.25,  # tri-map: background below mask_alpha - 0.25 (--epsilon_margin)
   ))
   config.optim = cfg.optim_config('adam', 1e-4, 0.0)
   config.train = cfg.train_config(batch_size=128, epochs=50)

@@ -24,7 +24,7 @@ def tiny_noprior(size: int = 48) -> ml_collections.ConfigDict:
   config.data.image.update(size=size, train_resize=size + 4)
   config.data.audio.update(seconds=0.5, n_fft=128, win_length=128, hop_length=64)
   config.data.num_workers = 0
-  config.model.update(dim=16, width=4, stem_pool=False, max_objects=3)
+  config.model.update(dim=32, width=4, stem_pool=False, max_objects=3)  # dim = 8 * width
   return config
 
 

@@ -98,7 +98,7 @@ def test_sound_maps_and_background_match_numpy_eqs_1_2():
                                atol=1e-6)
 
 
-def test_avc_loss_matches_loop_reference():
+def test_printed_avc_loss_matches_loop_reference():
   rng = np.random.default_rng(1)
   batch, cells = 4, 6
   similarity = np.tanh(rng.normal(size=(batch, batch, cells))).astype(np.float32)
@@ -114,7 +114,7 @@ def test_avc_loss_matches_loop_reference():
           neg += np.sum(similarity[n, m]) / cells
       pos, neg = pos / temperature, neg / temperature
       total += np.log(np.exp(pos) / (np.exp(pos) + np.exp(neg)))
-    got = losses.avc_loss(jnp.asarray(similarity), jnp.asarray(mask), temperature)
+    got = losses.avc_loss_printed(jnp.asarray(similarity), jnp.asarray(mask), temperature)
     np.testing.assert_allclose(got, -total / batch, rtol=1e-5)
 
 
@@ -314,7 +314,7 @@ def test_identified_objects_and_their_maps_end_to_end():
 def _tiny_config():
   config = noprior_config.get_config('synthetic')
   config.data.image.update(size=32, train_resize=36)
-  config.model.update(dim=16, width=4, stem_pool=False, max_objects=3)
+  config.model.update(dim=32, width=4, stem_pool=False, max_objects=3)  # dim = 8 * width
   return config
 
 
@@ -341,22 +341,25 @@ def test_model_forward_shapes_and_loss_gradients(tiny):
     loss, metrics = method.loss(outputs, config)
     return loss, (metrics, outputs)
 
-  def osc_term(projections, params):
-    params = {name: {**params[name], 'projection': projections[name]} for name in params}
-    return terms(params)[1][0]['loss_osc']
+  def with_last_layers(params, last):
+    return {name: {**params[name], 'trunk': {**params[name]['trunk'], 'layer4_1': last[name]}}
+            for name in params}
+
+  def osc_term(last, params):
+    return terms(with_last_layers(params, last))[1][0]['loss_osc']
 
   @jax.jit
   def gradients(params):
-    """Gradients of L_total (Eq. 5) and, through the encoders' last layers (a cheap
+    """Gradients of L_total (Eq. 5) and, through the encoders' last blocks (a cheap
     backward pass), of L_osc alone."""
     grads, (metrics, outputs) = jax.grad(terms, has_aux=True)(params)
-    projections = {name: params[name]['projection'] for name in params}
-    return metrics, outputs, grads, jax.grad(osc_term)(projections, params)
+    last = {name: params[name]['trunk']['layer4_1'] for name in params}
+    return metrics, outputs, grads, jax.grad(osc_term)(last, params)
 
   metrics, outputs, grads, osc_grads = gradients(variables['params'])
   cells = 2 * 4  # 32x64 at stride 16
   assert outputs['similarity'].shape == (4, 4, cells)
-  assert outputs['bank'].shape == (4, cells, 16)
+  assert outputs['bank'].shape == (4, cells, 32)
   assert outputs['object_labels'].shape == (4, cells)
   assert np.any(np.asarray(outputs['object_labels']) >= 0)  # OSC has objects to act on
   np.testing.assert_allclose(metrics['loss'], metrics['loss_avc'] + metrics['loss_osc'],
@@ -404,3 +407,47 @@ def test_check_config():
     bad[block][name] = value
     with pytest.raises(config_lib.ConfigError, match=f'config.{field} '):
       method.check_config(bad)
+
+
+def test_sound_map_is_never_negative_with_the_default_encoders(tiny):
+  config, _, model, variables, image, spectrogram = tiny
+  assert not config.model.projection
+  assert 'projection' not in variables['params']['image_encoder']
+  outputs, _ = model.apply(variables, image, -spectrogram, train=True, mutable=['batch_stats'])
+  similarity = np.asarray(outputs['similarity'])
+  assert similarity.min() >= 0.0 and similarity.max() > 0.0  # post-ReLU cosines
+
+
+def _planted_scene(rng, sources, grid=(4, 8), dim=24, noise=0.05):
+  """Post-ReLU features of a scene: object k on its own block of cells with its own
+  direction (disjoint supports), the rest background; the audio holds every source.
+  Returns image cells [1, N, D], audio map [1, 2, 2, D], cells of each object."""
+  height, width = grid
+  directions = np.zeros((sources + 1, dim))
+  for k in range(sources + 1):  # k = sources is the background
+    directions[k, k * dim // (sources + 1):(k + 1) * dim // (sources + 1)] = 1.0
+  owner = np.full(height * width, sources)
+  columns = np.arange(height * width) % width
+  for k in range(sources):
+    owner[(columns >= 3 * k) & (columns < 3 * k + 2)] = k  # 2-column stripes
+  cells = directions[owner] + noise * rng.uniform(size=(height * width, dim))
+  audio = directions[:sources].sum(0) + noise * rng.uniform(size=(2, 2, dim))
+  objects = [np.flatnonzero(owner == k) for k in range(sources)]
+  return (jnp.asarray(cells[None], jnp.float32), jnp.asarray(audio[None], jnp.float32),
+          objects)
+
+
+def test_a_planted_duet_is_counted_as_two_objects_on_their_cells():
+  config = noprior_config.get_config()
+  model = config.model
+  for sources in (1, 2):
+    cells, audio, objects = _planted_scene(np.random.default_rng(sources), sources)
+    out = noprior.identify_sources(
+        cells, audio, mask_alpha=model.mask_alpha, mask_omega=model.mask_omega,
+        epsilon=model.ioi_epsilon, tau1=model.tau1, tau2=model.tau2)
+    labels = np.asarray(out['object_labels'][0])
+    roots = np.flatnonzero(labels == np.arange(len(labels)))
+    assert len(roots) == sources
+    found = sorted(tuple(np.flatnonzero(np.any(np.asarray(out['ioi']['region'][0])[
+        labels == root], axis=0))) for root in roots)
+    assert found == sorted(tuple(o) for o in objects)

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from avloc.losses import lvs
 from avloc.models.noprior import object_roots
 
 # Guards the mask-weighted means of Eq. 3 and the cosines of Eq. 4.
@@ -21,16 +22,19 @@ def _cosine(a, b):
   return jnp.sum(a * b, axis=-1) * jax.lax.rsqrt(jnp.maximum(norms, _EPS**2))
 
 
-def avc_loss(similarity, mask, temperature=1.0):
-  """Eq. 3, the audio-visual contrastive loss, as printed.
+def avc_loss_printed(similarity, mask, temperature=1.0):
+  """Eq. 3, the audio-visual contrastive loss, as printed (`loss.avc_form='printed'`).
 
   similarity [B, B, N]: S_v^{n->m} (image n, audio m, raw cosine); mask [B, N]: M^n.
     Pos^n = <M^n, S^{n->n}> / |M^n|,
     Neg^n = <1 - M^n, S^{n->n}> / |1 - M^n| + (1 / hw) sum_{m != n} <1, S^{n->m}>,
     L_avc = -1/B sum_n log(e^Pos / (e^Pos + e^Neg)) = mean_n softplus(Neg^n - Pos^n),
   |.| the sum of the map. The cross-clip term is a sum over the B - 1 other clips, as
-  printed (LVS instead puts each clip in the softmax denominator). `temperature` divides
-  Pos and Neg (1 is Eq. 3; LVS and the release use 0.07). Returns a scalar.
+  printed. `temperature` divides Pos and Neg (1 is Eq. 3). Returns a scalar.
+
+  Read literally this collapses: one summed negative is pushed down by making every
+  cross-clip similarity very negative, which features of either sign allow (measured:
+  L_avc ~1e-4 within 100 steps). The default is the release's form, `avc_loss`.
   """
   batch = similarity.shape[0]
   own = jnp.diagonal(similarity).T  # [B, N]
@@ -41,6 +45,22 @@ def avc_loss(similarity, mask, temperature=1.0):
   means = jnp.mean(similarity, axis=2)  # (1 / hw) <1, S^{n->m}> [B, B]
   cross = jnp.sum(jnp.where(jnp.eye(batch, dtype=bool), 0.0, means), axis=1)
   return jnp.mean(jax.nn.softplus((negative + cross - positive) / temperature))
+
+
+def avc_loss(similarity, model_config, loss_config):
+  """Eq. 3 as the release computes it (`loss.avc_form='lvs'`, the default).
+
+  NoPrior says its AVC loss follows LVS, and its release (`model_base.py`,
+  `NoPriorVSSLModel.lvs`, with `--trimap 1 --logit_temperature 0.07`) computes the LVS
+  loss: a softmax over [Pos^n, one term per other clip m (the Pos-weighted mean of
+  S^{n->m}), Neg^n] / 0.07, where Pos uses M^n of Eq. 2 (alpha, omega) and Neg the
+  tri-map background below alpha - `negative_margin` (0.65 - 0.25 = LVS's 0.4).
+  similarity [B, B, N]; returns a scalar.
+  """
+  return lvs.lvs_loss(
+      similarity, epsilon=model_config.mask_alpha,
+      epsilon_negative=model_config.mask_alpha - loss_config.negative_margin,
+      tau=model_config.mask_omega, temperature=loss_config.temperature)
 
 
 def osc_loss(bank, valid, labels, background):
@@ -74,13 +94,18 @@ def osc_loss(bank, valid, labels, background):
 def noprior_loss(outputs: dict, config: ml_collections.ConfigDict):
   """Eq. 5: lambda_1 L_avc + lambda_2 L_osc.
 
-  outputs: `NoPrior.__call__` on the global batch. config: the `loss` block
-  (lambda_avc, lambda_osc, temperature). Returns (total, metrics).
+  outputs: `NoPrior.__call__` on the global batch. config: the run's config (the `loss`
+  block: avc_form, temperature, negative_margin, the lambdas; Eq. 2's alpha and omega
+  from the `model` block, which the model's E_n uses too). Returns (total, metrics).
   """
-  avc = avc_loss(outputs['similarity'], outputs['mask'], config.temperature)
+  loss = config.loss
+  if loss.avc_form == 'lvs':
+    avc = avc_loss(outputs['similarity'], config.model, loss)
+  else:
+    avc = avc_loss_printed(outputs['similarity'], outputs['mask'], loss.temperature)
   osc, count = osc_loss(outputs['bank'], outputs['bank_valid'], outputs['object_labels'],
                         outputs['background'])
-  total = config.lambda_avc * avc + config.lambda_osc * osc
+  total = loss.lambda_avc * avc + loss.lambda_osc * osc
   return total, {
       'loss': total, 'loss_avc': avc, 'loss_osc': osc,
       'objects_per_sample': jnp.mean(count.astype(jnp.float32)),

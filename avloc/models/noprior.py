@@ -212,6 +212,29 @@ def object_maps(ioi, labels, max_objects):
           jnp.pad(found, ((0, 0), (0, missing))))
 
 
+def identify_sources(image_cells, audio_map, *, mask_alpha, mask_omega, epsilon, tau1, tau2):
+  """Eqs. 1-2, F_hat, E_n, Algorithm 1 and Sec. 3.4 on encoder outputs.
+
+  image_cells [B, N, D]: F_v cells; audio_map [B, f, t, D]: F_a. Returns similarity
+  [B, B, N] (Eq. 1), mask [B, N] (Eq. 2), sound_map [B, N] (S_v^{n->n}), ioi (Algorithm
+  1's dict), background [B, D] (E_n), bank [B, T, D] (E_p^t, differentiable) and
+  object_labels [B, T] (Sec. 3.4).
+  """
+  cells, _, similarity = sound_association(image_cells, audio_map)
+  sound_map = jnp.diagonal(similarity).T  # S_v^{n->n} [B, N]
+  mask = sound_mask(sound_map, mask_alpha, mask_omega)
+  features = sound_map[..., None] * cells  # F_hat, on unit F_v cells (LVS, the release)
+  background = background_embedding(cells, mask)
+  # The IOI decisions are not differentiated; the bank entries are, through F_hat.
+  features_sg, background_sg = jax.lax.stop_gradient((features, background))
+  ioi = iterative_object_identification(
+      jax.lax.stop_gradient(sound_map), features_sg, background_sg, epsilon)
+  bank = jnp.take_along_axis(features, ioi['index'][..., None], axis=1)
+  labels = identify_objects(*bank_similarities(ioi, background_sg), ioi['valid'], tau1, tau2)
+  return dict(similarity=similarity, mask=mask, sound_map=sound_map, ioi=ioi,
+              background=background, bank=bank, object_labels=labels)
+
+
 class NoPrior(nn.Module):
   """NoPrior model. uint8 image [B, H, W, 3] (W = n * H for n-frame mixtures),
   spectrogram [B, F, T, 1]."""
@@ -219,9 +242,10 @@ class NoPrior(nn.Module):
   dim: int = 512
   width: int = 64
   stem_pool: bool = True
+  projection: bool = False
   mask_alpha: float = 0.65
   mask_omega: float = 0.03
-  ioi_epsilon: float = 0.0
+  ioi_epsilon: float = 0.1
   tau1: float = 0.7
   tau2: float = 0.6
   max_objects: int = 8
@@ -230,31 +254,22 @@ class NoPrior(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   def setup(self):
-    self.image_encoder = ImageEncoder(
-        self.dim, self.width, self.stem_pool, self.image_mean, self.image_std, self.dtype)
-    self.audio_encoder = AudioEncoder(self.dim, self.width, self.stem_pool, 'none', self.dtype)
+    self.image_encoder = ImageEncoder(self.dim, self.width, self.stem_pool, self.image_mean,
+                                      self.image_std, self.dtype, self.projection)
+    self.audio_encoder = AudioEncoder(self.dim, self.width, self.stem_pool, 'none', self.dtype,
+                                      self.projection)
 
   def _identify(self, image, spectrogram, train):
-    """Encoders, Eqs. 1-2, F_hat, E_n, Algorithm 1 and Sec. 3.4 (float32 after the
-    encoders: the cosines feed thresholds and argmaxes)."""
+    """Encoders, then `identify_sources` (float32 after the encoders: the cosines feed
+    thresholds and argmaxes)."""
     feature_map = self.image_encoder(image, train).astype(jnp.float32)
     batch, height, width, dim = feature_map.shape
     audio_map = self.audio_encoder(spectrogram, train).astype(jnp.float32)
-    cells, _, similarity = sound_association(
-        feature_map.reshape(batch, height * width, dim), audio_map)
-    sound_map = jnp.diagonal(similarity).T  # S_v^{n->n} [B, N]
-    mask = sound_mask(sound_map, self.mask_alpha, self.mask_omega)
-    features = sound_map[..., None] * cells  # F_hat, on unit F_v cells (LVS, the release)
-    background = background_embedding(cells, mask)
-    # The IOI decisions are not differentiated; the bank entries are, through F_hat.
-    features_sg, background_sg = jax.lax.stop_gradient((features, background))
-    ioi = iterative_object_identification(
-        jax.lax.stop_gradient(sound_map), features_sg, background_sg, self.ioi_epsilon)
-    bank = jnp.take_along_axis(features, ioi['index'][..., None], axis=1)
-    labels = identify_objects(*bank_similarities(ioi, background_sg), ioi['valid'],
-                              self.tau1, self.tau2)
-    return dict(similarity=similarity, mask=mask, sound_map=sound_map, ioi=ioi,
-                background=background, bank=bank, object_labels=labels, grid=(height, width))
+    out = identify_sources(
+        feature_map.reshape(batch, height * width, dim), audio_map,
+        mask_alpha=self.mask_alpha, mask_omega=self.mask_omega, epsilon=self.ioi_epsilon,
+        tau1=self.tau1, tau2=self.tau2)
+    return dict(out, grid=(height, width))
 
   def __call__(self, image, spectrogram, train: bool = True):
     """Training forward pass. Returns:
