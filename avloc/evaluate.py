@@ -8,6 +8,11 @@ mIoU and F-score for mask ground truth (AVSBench), Recall@K when the method give
 embeddings and the split has class labels, and the multi-source metrics when the method
 gives one map per object. A centre-prior baseline is scored once per split, so every
 table says how far the model is from a map that ignores the input. With
+`config.eval.audio_swap` every image is also localized with the audio of a clip of
+another class (avloc.metrics.grounding): '<variant>:swap' rows score those maps against
+the image's own ground truth, with `corr` the correlation between the two maps, and the
+variants with fixed-scale scores get Mo & Morgado's extended-protocol `ext_ap` / `ext_f1`
+(the swapped entries as silent negatives). With
 `config.eval.object_guidance.weights` every map variant also gets its object-guided
 version ('<variant>+ogl', EZ-VSL's OGL as JSA Tables 1-2 report it) and the ImageNet
 object prior alone is scored once per split as a second baseline.
@@ -22,12 +27,13 @@ import numpy as np
 
 from avloc import convert, methods, sharding, visualize
 from avloc.data import pipeline, tfrecord
-from avloc.metrics import avsbench, localization, multisource, retrieval
+from avloc.metrics import avsbench, grounding, localization, multisource, retrieval
 from avloc.models import object_prior
 
 CENTER_PRIOR = 'center prior'
 OBJECT_PRIOR = 'object prior'
 OGL_SUFFIX = '+ogl'
+SWAP_SUFFIX = ':swap'
 AVSBENCH_FRAMES_PER_CLIP = 5
 _PRIOR_VARIANT = 'prior'
 
@@ -54,7 +60,7 @@ def source_maps(gt_kind: str, batch: dict, i: int, size: int) -> np.ndarray:
   if gt_kind == tfrecord.GT_MULTISOURCE:
     maps = []
     for k in range(int(batch['num_sources'][i])):
-      if masks[k].any():
+      if k < len(masks) and masks[k].any():  # box-only splits have no (or padded) masks
         maps.append(localization.mask_map(masks[k:k + 1]))
       else:
         maps.append(localization.box_map(boxes[groups == k], (size, size)))
@@ -71,13 +77,15 @@ class _SplitScores:
     self.fscore_batch = fscore_batch
     self.cious, self.binary, self.soft, self.masks = [], [], [], []
 
-  def add(self, heatmap, gt, protocol, threshold, keep_masks):
+  def add(self, heatmap, gt, protocol, threshold, keep_masks) -> float:
+    """Scores one map; returns its cIoU."""
     binary = localization.binarize(heatmap, protocol, threshold)
     self.cious.append(localization.ciou(binary, gt))
     if keep_masks:
       self.binary.append(binary)
       self.soft.append(localization.normalize_minmax(heatmap))
       self.masks.append(gt > 0)
+    return self.cious[-1]
 
   def summary(self) -> dict:
     scores = localization.summarize_cious(np.asarray(self.cious))
@@ -146,17 +154,21 @@ class Evaluator:
   def _baselines(self) -> list[str]:
     return [CENTER_PRIOR] + ([OBJECT_PRIOR] if self._object_trunk is not None else [])
 
-  def _outputs(self, model, batch) -> dict:
+  def _outputs(self, model, batch, audio_order=None) -> dict:
     """Outputs for a host batch: of the model when `model` holds its variables, of a
     baseline when it is CENTER_PRIOR or OBJECT_PRIOR. With object guidance the model's
-    outputs carry the object prior maps [B, H, W] as 'object_prior'."""
+    outputs carry the object prior maps [B, H, W] as 'object_prior'. `audio_order` [B]
+    pairs image i with the audio of sample audio_order[i]."""
     if model == CENTER_PRIOR:
       heatmap = center_prior(self.size)
       return {'heatmaps': {_PRIOR_VARIANT: np.broadcast_to(
           heatmap, (len(batch['index']),) + heatmap.shape)}}
+    spectrogram = batch['spectrogram']
+    if audio_order is not None:
+      spectrogram = spectrogram[audio_order]
     local = sharding.process_slice(batch['image'].shape[0])
     inputs = sharding.global_batch(
-        {'image': batch['image'][local], 'spectrogram': batch['spectrogram'][local]}, self.mesh)
+        {'image': batch['image'][local], 'spectrogram': spectrogram[local]}, self.mesh)
     prior = None
     if self._object_trunk is not None:
       prior = jax.device_get(self._object_prior(self._object_trunk, inputs['image']))
@@ -177,25 +189,55 @@ class Evaluator:
           heatmap, outputs['object_prior'][i], alpha) for name, heatmap in list(maps.items())})
     return maps
 
+  def _swap_order(self, model, batch, chosen):
+    """[B] audio order giving each chosen sample the audio of another class's clip (the
+    others keep theirs; grounding.swap_partners), and [B] whether sample i got one; None
+    for baselines or without `config.eval.audio_swap`."""
+    if isinstance(model, str) or not self.config.eval.audio_swap:
+      return None
+    label_sets = [frozenset(int(c) for c in batch['source_labels'][i] if c >= 0)
+                  for i in chosen]
+    partners = grounding.swap_partners(label_sets)
+    order, swapped = np.arange(len(batch['index'])), np.zeros(len(batch['index']), bool)
+    order[chosen[partners >= 0]] = chosen[partners[partners >= 0]]
+    swapped[chosen[partners >= 0]] = True
+    return order, swapped
+
   def _evaluate_split(self, model, split, directory, step=None) -> dict[str, float]:
     manifest = self.manifests[split]
     config = self.config.eval
     keep_masks = manifest.gt == tfrecord.GT_MASKS
     fscore_batch = AVSBENCH_FRAMES_PER_CLIP if manifest.dataset == 'avsbench' else None
     scores, embeddings, labels, multi, visuals = {}, ([], []), [], [], []
+    correlations, extended = {}, {}  # per variant: [corr], [(ciou, conf, swapped conf)]
     seen = 0
     for batch in self._batches(directory):
+      chosen = np.flatnonzero(batch['valid'])
+      if config.max_examples:
+        chosen = chosen[:max(config.max_examples - seen, 0)]
+      if not len(chosen):
+        break
       outputs = self._outputs(model, batch)
-      for i in np.flatnonzero(batch['valid']):
-        if config.max_examples and seen >= config.max_examples:
-          break
+      swap = self._swap_order(model, batch, chosen)
+      swapped_outputs = self._outputs(model, batch, audio_order=swap[0]) if swap else None
+      for i in chosen:
         seen += 1
         gt_sources = source_maps(manifest.gt, batch, i, self.size)
         gt = np.clip(gt_sources.sum(0), 0, 1) if len(gt_sources) > 1 else gt_sources[0]
         maps = self._maps(outputs, i)
-        for name, heatmap in maps.items():
-          scores.setdefault(name, _SplitScores(fscore_batch)).add(
-              heatmap, gt, config.threshold_protocol, self.threshold, keep_masks)
+        cious = {name: scores.setdefault(name, _SplitScores(fscore_batch)).add(
+            heatmap, gt, config.threshold_protocol, self.threshold, keep_masks)
+                 for name, heatmap in maps.items()}
+        swapped_maps = self._maps(swapped_outputs, i) if swap and swap[1][i] else {}
+        for name, heatmap in swapped_maps.items():
+          scores.setdefault(name + SWAP_SUFFIX, _SplitScores(None)).add(
+              heatmap, gt, config.threshold_protocol, self.threshold, False)
+          correlations.setdefault(name, []).append(
+              grounding.map_correlation(maps[name], heatmap))
+        for name, score_map in outputs.get('scores', {}).items() if swapped_maps else ():
+          extended.setdefault(name, []).append((
+              cious[name], multisource.object_confidence(score_map[i]),
+              multisource.object_confidence(swapped_outputs['scores'][name][i])))
         if 'image_embedding' in outputs:
           embeddings[0].append(outputs['image_embedding'][i])
           embeddings[1].append(outputs['audio_embedding'][i])
@@ -205,13 +247,19 @@ class Evaluator:
           multi.append(multisource.evaluate_sample(
               objects, gt_sources, config.threshold_protocol, self.threshold))
         if len(visuals) < config.num_visualize:
-          first = next(iter(maps.values()))
-          visuals.append((batch['image'][i], gt, first))
+          first = next(iter(maps))
+          visuals.append((batch['image'][i], gt, maps[first],
+                          swapped_maps[first] if swapped_maps else None))
     if not seen:
       raise ValueError(f'{directory}: no examples to evaluate')
     result = {}
     for name, accumulated in scores.items():
       result.update({f'{name}/{k}': v for k, v in accumulated.summary().items()})
+    for name, values in correlations.items():
+      result[f'{name}{SWAP_SUFFIX}/corr'] = float(np.mean(values))
+    for name, entries in extended.items():
+      result.update({f'{name}/{k}': v for k, v in grounding.extended_protocol(
+          *np.asarray(entries).T).items()})
     if labels and min(labels) >= 0:
       ks = tuple(k for k in (1, 5, 10) if k <= len(labels))  # R@K needs K <= gallery
       result.update({f'retrieval/{k}': v for k, v in retrieval.recall_at_k(
@@ -228,12 +276,18 @@ class Evaluator:
     return result
 
   def _save_visuals(self, split, step, visuals):
+    """One row per sample: input, ground truth, the primary map, and the map with another
+    class's audio (when swapped)."""
     rows = []
-    for image, gt, heatmap in visuals:
-      rows.append([visualize.label(image, 'input'),
-                   visualize.label(visualize.overlay(image, gt), 'ground truth'),
-                   visualize.label(visualize.overlay(image, visualize.normalize(heatmap)),
-                                   'prediction')])
+    for image, gt, heatmap, swapped in visuals:
+      row = [visualize.label(image, 'input'),
+             visualize.label(visualize.overlay(image, gt), 'ground truth'),
+             visualize.label(visualize.overlay(image, visualize.normalize(heatmap)),
+                             'prediction')]
+      if swapped is not None:
+        row.append(visualize.label(visualize.overlay(image, visualize.normalize(swapped)),
+                                   'other audio'))
+      rows.append(row)
     if rows:
       name = f'{split}_step{step}.png' if step is not None else f'{split}_checkpoint.png'
       visualize.save_png(os.path.join(self.output_dir, name), visualize.grid(rows))
@@ -280,7 +334,8 @@ def _table_rows(label: str, scores: dict) -> list[tuple[str, dict]]:
   rows = []
   for n, variant in enumerate(variants):
     cells = {k.partition('/')[2]: v for k, v in scores.items() if k.startswith(variant + '/')}
-    name = label if len(variants) == 1 or variant == _PRIOR_VARIANT else f'{label} [{variant}]'
+    shown = variant.replace(SWAP_SUFFIX, ', audio swapped')
+    name = label if len(variants) == 1 or variant == _PRIOR_VARIANT else f'{label} [{shown}]'
     rows.append((name, {**cells, **(shared if n == 0 else {})}))
   return rows
 
@@ -288,7 +343,7 @@ def _table_rows(label: str, scores: dict) -> list[tuple[str, dict]]:
 def _column_order(column: str):
   """Map metrics, then retrieval, then object metrics; each in the papers' order."""
   group, _, metric = column.rpartition('/')
-  order = ['ap50', 'auc', 'ciou', 'miou', 'fscore', 'a2i_r1', 'a2i_r5', 'a2i_r10', 'i2a_r1',
+  order = ['ap50', 'auc', 'ciou', 'miou', 'fscore', 'ext_ap', 'ext_f1', 'corr', 'a2i_r1', 'a2i_r5', 'a2i_r10', 'i2a_r1',
            'i2a_r5', 'i2a_r10', 'cap', 'piap', 'ciou30', 'ap', 'iou50', 'count_acc']
   return (['', 'retrieval', 'objects'].index(group),
           order.index(metric) if metric in order else len(order), metric)

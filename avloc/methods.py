@@ -4,6 +4,9 @@ A `Method` says how to build its Flax model from a config, its training loss on 
 model's outputs, and its inference outputs (`localize`), maps at the input image size:
   heatmaps: {name: [B, H, W]} single-source localization maps, the first one primary;
   lowres: {name: [B, h, w]} the model's maps before upsampling;
+  scores: {name: [B, H, W]} in [0, 1], a fixed-scale version of heatmaps[name] whose
+    level is comparable across images (the confidence of Mo & Morgado's extended
+    protocol, avloc.metrics.grounding; optional, per map);
   image_embedding, audio_embedding: [B, D] for cross-modal retrieval (optional);
   object_maps [B, K, H, W], object_valid [B, K]: one map per found object (optional).
 """
@@ -53,16 +56,25 @@ def _jsa_loss(outputs, config):
   return jsa_losses.jsa_loss(outputs, config.loss, config.model.num_target)
 
 
+def _upsampled_scores(score_map, size):
+  """A [0, 1] score map [B, h, w] upsampled bicubically, the overshoot clipped."""
+  return jnp.clip(maps.upsample_bicubic(score_map, size), 0.0, 1.0)
+
+
 def _jsa_localize(model, variables, image, spectrogram, config):
   outputs = model.apply(variables, image, spectrogram, method=model.localize)
   size = image.shape[1:3]
   cross_modal = maps.upsample_bicubic(outputs['heatmap'], size)
   heatmaps = {'ca': cross_modal}
+  scores = {'ca': _upsampled_scores(outputs['heatmap_score'], size)}
   if config.eval.use_iqr:
+    alpha = config.eval.iqr_alpha
     intra_modal = maps.upsample_bicubic(outputs['image_prior'], size)
-    heatmaps = {'iqr': jsa_model.iqr(cross_modal, intra_modal, config.eval.iqr_alpha),
-                **heatmaps}
-  return dict(heatmaps=heatmaps,
+    heatmaps = {'iqr': jsa_model.iqr(cross_modal, intra_modal, alpha), **heatmaps}
+    # Eq. 14 on the fixed-scale probabilities (the heatmap blends min-max normalized maps).
+    scores['iqr'] = (alpha * scores['ca']
+                     + (1 - alpha) * _upsampled_scores(outputs['image_prior_score'], size))
+  return dict(heatmaps=heatmaps, scores=scores,
               lowres={'ca': outputs['heatmap'], 'ia': outputs['image_prior']},
               image_embedding=outputs['image_embedding'],
               audio_embedding=outputs['audio_embedding'])
@@ -100,11 +112,12 @@ def _noprior_localize(model, variables, image, spectrogram, config):
   del config
   outputs = model.apply(variables, image, spectrogram, method=model.localize)
   size = image.shape[1:3]
-  # Bicubic overshoot is clipped: object maps stay calibrated scores in [0, 1].
-  objects = jnp.clip(maps.upsample_bicubic(outputs['object_maps'], size), 0.0, 1.0)
+  # S_v is a cosine: (S_v + 1) / 2 is SLAVC's min_max_norm(S / tau, -1 / tau, 1 / tau).
   return dict(heatmaps={'sam': maps.upsample_bicubic(outputs['sound_map'], size)},
+              scores={'sam': _upsampled_scores((outputs['sound_map'] + 1.0) / 2.0, size)},
               lowres={'sam': outputs['sound_map']},
-              object_maps=objects, object_valid=outputs['object_valid'])
+              object_maps=_upsampled_scores(outputs['object_maps'], size),
+              object_valid=outputs['object_valid'])
 
 
 def _check_noprior_config(config):

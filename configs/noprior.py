@@ -13,7 +13,8 @@ from avloc import config as cfg
 _VARIANTS = {
     'vggsound_144k': ('vggsound_144k', 'vggss,vggsound_duet,vggsound_trio,vggsound_mixed'),
     'music': ('music_solo_train', 'music_solo,music_duet'),
-    'synthetic': ('synthetic_train', 'synthetic_test,synthetic_duet,synthetic_trio,synthetic_mixed'),
+    'synthetic': ('synthetic_train', 'synthetic_test,synthetic_alone,synthetic_duet,'
+                  'synthetic_trio,synthetic_mixed'),
 }
 
 
@@ -32,6 +33,7 @@ def get_config(variant: str = 'vggsound_144k') -> ml_collections.ConfigDict:
       dim=512,  # = 8 * width: the ResNet-18 output (no projection)
       width=64,
       stem_pool=True,
+      image_final_stride=2,  # 1: stride-16 image features (8x8 at 128 px, 14x14 at 224)
       # No 1x1 projection head: F_v and F_a are the trunks' post-ReLU outputs, as in the
       # release (and LVS), so S_v >= 0 and F_hat = S_v * F_v keeps every cell's direction.
       # A projection with bias lets S_v go negative and F_hat flip background cells
@@ -62,7 +64,8 @@ def get_config(variant: str = 'vggsound_144k') -> ml_collections.ConfigDict:
   ))
   config.optim = cfg.optim_config('adam', 1e-4, 0.0)
   config.train = cfg.train_config(batch_size=128, epochs=50)
-  config.eval = cfg.eval_config(eval_splits, best_metric=eval_splits.split(',')[1] + '/objects/ciou30')
+  duet = next(name for name in eval_splits.split(',') if name.endswith('duet'))
+  config.eval = cfg.eval_config(eval_splits, best_metric=f'{duet}/objects/ciou30')
   config.eval.threshold_protocol = 'median'
 
   if variant == 'synthetic':  # CPU-sized, on the synthetic data of configs/jsa.py:synthetic

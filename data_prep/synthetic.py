@@ -7,11 +7,15 @@ modulation rate). A frame shows the sounding object(s) at a random position and 
 over a cluttered background, plus silent distractor objects of other categories; the
 audio holds the sounding objects' signatures, with probability `offscreen_prob` an
 off-screen category's sound, and background noise. A centre prior or a saliency
-detector cannot tell the sounding object from a distractor; the audio can.
+detector cannot tell the sounding object from a distractor; the audio can. The
+`synthetic_alone` test split shows the sounding object without distractors (clutter,
+off-screen sounds and noise stay): there saliency suffices, so the two single-source
+splits side by side separate finding objects from finding the one that sounds.
 
 Splits (raw layout -> converter -> prepared split):
   synthetic_train  VGGSound layout (frames/, audio/, vggsound.csv)    -> data_prep.vggsound
   synthetic_test   VGG-SS layout (frames/, audio/, vggss.json)        -> data_prep.vggss
+  synthetic_alone  as synthetic_test, no distractors                  -> data_prep.vggss
   synthetic_duet   MUSIC layout (+ masks/<id>_srcK.png), 2 sources    -> data_prep.music
   synthetic_trio   3 sources                                          -> data_prep.music
   synthetic_mixed  1 to 3 sources                                     -> data_prep.music
@@ -112,12 +116,13 @@ def _place(rng, size, placed, radius_range):
 
 
 def render_clip(cfg: ml_collections.ConfigDict, rng: np.random.Generator,
-                sounding: list[int]) -> dict:
-  """One clip with the given sounding classes. Returns image uint8 [S, S, 3], waveform
-  [N], per-source masks bool [K, S, S] and boxes [K, 4] normalized xyxy."""
+                sounding: list[int], max_distractors: int) -> dict:
+  """One clip with the given sounding classes and 0..max_distractors silent objects.
+  Returns image uint8 [S, S, 3], waveform [N], per-source masks bool [K, S, S], boxes
+  [K, 4] normalized xyxy and the distractors' classes."""
   size, num_classes = cfg.image_size, cfg.num_classes
   others = [c for c in range(num_classes) if c not in sounding]
-  distractors = list(rng.choice(others, rng.integers(0, cfg.max_distractors + 1), replace=False))
+  distractors = list(rng.choice(others, rng.integers(0, max_distractors + 1), replace=False))
   image = background(rng, size)
   placed, drawn = [], []
   # Distractors first, sounding objects on top; a source's mask is what stays visible.
@@ -142,17 +147,19 @@ def render_clip(cfg: ml_collections.ConfigDict, rng: np.random.Generator,
   waveform = waveform + cfg.noise_level * rng.normal(0, 1, num_samples)
   waveform = 0.9 * waveform / np.abs(waveform).max()
   return dict(image=np.clip(image, 0, 255).astype(np.uint8), waveform=waveform,
-              masks=np.stack(masks), boxes=np.asarray(boxes))
+              masks=np.stack(masks), boxes=np.asarray(boxes), distractors=distractors)
 
 
-# Split name -> (layout, clip-count field of the config, number of sounding sources:
-# an int, or None for 1..3).
+# Split name -> (layout, clip-count field of the config, number of sounding sources: an
+# int, or None for 1..3, distractors: True for up to `max_distractors`). New splits go at
+# the end: a split's index seeds its clips.
 SPLITS = {
-    'synthetic_train': ('vggsound', 'train_size', 1),
-    'synthetic_test': ('vggss', 'test_size', 1),
-    'synthetic_duet': ('music', 'multi_test_size', 2),
-    'synthetic_trio': ('music', 'multi_test_size', 3),
-    'synthetic_mixed': ('music', 'multi_test_size', None),
+    'synthetic_train': ('vggsound', 'train_size', 1, True),
+    'synthetic_test': ('vggss', 'test_size', 1, True),
+    'synthetic_duet': ('music', 'multi_test_size', 2, True),
+    'synthetic_trio': ('music', 'multi_test_size', 3, True),
+    'synthetic_mixed': ('music', 'multi_test_size', None, True),
+    'synthetic_alone': ('vggss', 'test_size', 1, False),
 }
 
 
@@ -163,13 +170,13 @@ def _clip_id(split: str, i: int) -> str:
 def _write_clips(cfg_dict: dict, split: str, directory: str, indices: list[int]) -> list[dict]:
   """Renders and writes clips `indices` of a split; returns their annotations."""
   cfg = ml_collections.ConfigDict(cfg_dict)
-  layout, _, sources = SPLITS[split]
+  layout, _, sources, distractors = SPLITS[split]
   entries = []
   for i in indices:
     rng = np.random.default_rng([cfg.seed, list(SPLITS).index(split), i])
     count = sources or int(rng.integers(1, 4))
     sounding = [int(c) for c in rng.choice(cfg.num_classes, count, replace=False)]
-    clip = render_clip(cfg, rng, sounding)
+    clip = render_clip(cfg, rng, sounding, cfg.max_distractors if distractors else 0)
     clip_id = _clip_id(split, i)
     Image.fromarray(clip['image']).save(os.path.join(directory, 'frames', f'{clip_id}.jpg'),
                                         quality=92)
@@ -215,7 +222,7 @@ def generate(cfg: ml_collections.ConfigDict, output_dir: str, splits=tuple(SPLIT
   context = multiprocessing.get_context('spawn')
   with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
     for split in splits:
-      layout, size_field, _ = SPLITS[split]
+      layout, size_field = SPLITS[split][:2]
       directory = os.path.join(output_dir, split)
       for sub in ('frames', 'audio') + (('masks',) if layout == 'music' else ()):
         os.makedirs(os.path.join(directory, sub), exist_ok=True)

@@ -14,7 +14,7 @@ import pytest
 
 from avloc import checkpointing, convert, evaluate, experiment, methods, sharding, train
 from avloc.data import pipeline, tfrecord
-from avloc.metrics import localization, retrieval
+from avloc.metrics import grounding, localization, retrieval
 from avloc.models import object_prior
 from avloc.models.resnet import ResNet18
 from configs import jsa as jsa_config
@@ -91,20 +91,34 @@ def test_evaluator_scores_equal_a_direct_computation_with_and_without_ogl(evalua
                                        config=config))
   prior_maps = jax.jit(object_prior.object_prior_maps)
   cious, embeddings, labels = {}, ([], []), []
+  correlations, confidences = {}, {}
   for batch in pipeline.eval_dataset(config, evaluated['split'], batch_size=4):
     outputs = jax.device_get(localize(variables, batch['image'], batch['spectrogram']))
+    valid = np.flatnonzero(batch['valid'])
+    order = np.arange(4)  # each image with the audio of the next clip of another class
+    for k, i in enumerate(valid):
+      later = [valid[(k + step) % len(valid)] for step in range(1, len(valid))]
+      order[i] = next(j for j in later if batch['label'][j] != batch['label'][i])
+    swapped = jax.device_get(localize(variables, batch['image'], batch['spectrogram'][order]))
     prior = np.asarray(prior_maps(evaluated['trunk'], batch['image']))
-    for i in np.flatnonzero(batch['valid']):
+    for i in valid:
       x0, y0, x1, y1 = (batch['boxes'][i, 0] * SIZE).astype(int)
       gt = np.zeros((SIZE, SIZE))
       gt[y0:y1, x0:x1] = 1
       maps = {'object prior': prior[i]}
       for variant in ('iqr', 'ca'):
-        heatmap = np.asarray(outputs['heatmaps'][variant][i], np.float64)
-        maps[variant] = heatmap
-        # EZ-VSL / JSA release: normalize(alpha * normalize(av) + (1 - alpha) * normalize(obj))
-        maps[variant + '+ogl'] = _normalized(
-            ALPHA * _normalized(heatmap) + (1 - ALPHA) * _normalized(prior[i]))
+        for suffix, out in (('', outputs), (':swap', swapped)):
+          heatmap = np.asarray(out['heatmaps'][variant][i], np.float64)
+          maps[variant + suffix] = heatmap
+          # EZ-VSL / JSA release: normalize(alpha * normalize(av) + (1 - alpha) * normalize(obj))
+          maps[variant + '+ogl' + suffix] = _normalized(
+              ALPHA * _normalized(heatmap) + (1 - ALPHA) * _normalized(prior[i]))
+        for name in (variant, variant + '+ogl'):
+          correlations.setdefault(name, []).append(
+              np.corrcoef(maps[name].ravel(), maps[name + ':swap'].ravel())[0, 1])
+        confidences.setdefault(variant, []).append([  # top quarter of the fixed-scale map
+            np.sort(out['scores'][variant][i], axis=None)[-SIZE * SIZE // 4:].mean()
+            for out in (outputs, swapped)])
       for name, heatmap in maps.items():
         cious.setdefault(name, []).append(_ciou(heatmap, gt, 0.6))
       embeddings[0].append(outputs['image_embedding'][i])
@@ -113,14 +127,25 @@ def test_evaluator_scores_equal_a_direct_computation_with_and_without_ogl(evalua
   assert len(labels) == NUM_EXAMPLES
 
   metrics = evaluated['metrics']
-  assert {k.split('/')[1] for k in metrics} == {'iqr', 'ca', 'iqr+ogl', 'ca+ogl', 'retrieval'}
-  for variant in ('iqr', 'ca', 'iqr+ogl', 'ca+ogl'):
+  variants = ('iqr', 'ca', 'iqr+ogl', 'ca+ogl')
+  assert {k.split('/')[1] for k in metrics} == {
+      *variants, *(v + ':swap' for v in variants), 'retrieval'}
+  for variant in variants + tuple(v + ':swap' for v in variants):
     expected = np.asarray(cious[variant])
     assert metrics[f'boxes/{variant}/ciou'] == pytest.approx(expected.mean(), abs=1e-6)
     assert metrics[f'boxes/{variant}/ap50'] == pytest.approx(np.mean(expected >= 0.5))
     assert metrics[f'boxes/{variant}/auc'] == pytest.approx(
         localization.success_rate_auc(expected))
+  for variant in variants:
+    assert metrics[f'boxes/{variant}:swap/corr'] == pytest.approx(
+        np.mean(correlations[variant]), abs=1e-5)
+  for variant in ('iqr', 'ca'):  # the maps with fixed-scale scores
+    matched, other = np.asarray(confidences[variant]).T
+    expected = grounding.extended_protocol(cious[variant], matched, other)
+    assert {k: metrics[f'boxes/{variant}/{k}'] for k in expected} == pytest.approx(expected)
+  assert 'boxes/iqr+ogl/ext_ap' not in metrics
   assert cious['iqr+ogl'] != cious['iqr']  # the prior changes the maps
+  assert cious['ca:swap'] != cious['ca']  # so does the audio
   expected_recall = retrieval.recall_at_k(np.stack(embeddings[0]), np.stack(embeddings[1]),
                                           np.asarray(labels), (1, 5))
   assert {k: metrics[f'boxes/retrieval/{k}'] for k in expected_recall} == pytest.approx(
@@ -136,7 +161,7 @@ def test_evaluator_writes_the_table_json_csv_and_pictures(evaluated):
   table = evaluated['logs'][-1]
   assert table.startswith(f'boxes ({NUM_EXAMPLES} examples, ground truth: boxes)')
   for row in ('center prior', 'object prior', 'jsa step 3 [iqr]', 'jsa step 3 [iqr+ogl]',
-              'jsa step 3 [ca+ogl]'):
+              'jsa step 3 [ca+ogl]', 'jsa step 3 [ca, audio swapped]'):
     assert any(line.startswith(row + ' ') for line in table.splitlines()), row
   ciou = evaluated['metrics']['boxes/iqr+ogl/ciou']
   assert f'{100 * ciou:.2f}' in table
@@ -173,3 +198,27 @@ def test_eval_mode_scores_a_named_checkpoint(evaluated, tmp_path):
     experiment.run(config, workdir, mode='eval', log=lambda _: None)
   with pytest.raises(ValueError, match='needs mode eval'):
     experiment.run(config, workdir, mode='train', checkpoint=str(tmp_path / 'model'))
+
+
+def test_multisource_ground_truth_from_boxes_alone():
+  """A multi-source split converted from boxes (no masks, as `data_prep.music` writes
+  VGGSound duets) next to one with masks: collate_eval pads the masks to one per clip."""
+  size = 8
+
+  def example(boxes, groups, masks):
+    return dict(image=np.zeros((size, size, 3), np.uint8), spectrogram=np.zeros((4, 4, 1)),
+                index=0, valid=True, label=-1, num_sources=max(groups) + 1,
+                boxes=np.asarray(boxes, np.float32), box_groups=np.asarray(groups),
+                masks=masks, source_labels=np.asarray([-1] * (max(groups) + 1)))
+
+  mask = np.zeros((1, size, size), bool)
+  mask[0, :2, :2] = True
+  batch = pipeline.collate_eval([
+      example([[0, 0, 0.5, 0.5], [0.5, 0.5, 1, 1]], [0, 1], np.zeros((0, size, size), bool)),
+      example([[0, 0, 1, 1]], [0], mask)], batch_size=2)
+  maps = evaluate.source_maps(tfrecord.GT_MULTISOURCE, batch, 0, size)
+  expected = np.zeros((2, size, size))
+  expected[0, :4, :4] = expected[1, 4:, 4:] = 1
+  np.testing.assert_array_equal(maps, expected)
+  np.testing.assert_array_equal(evaluate.source_maps(tfrecord.GT_MULTISOURCE, batch, 1, size),
+                                mask.astype(float))

@@ -222,6 +222,14 @@ def test_localize_maps_are_target_attention_and_iqr_mixes_them(small_model):
   np.testing.assert_allclose(out['heatmap'].reshape(4, -1), eval_out['ca_audio_image'][:, 0],
                              rtol=1e-5, atol=1e-7)
   np.testing.assert_allclose(out['image_embedding'], eval_out['image_slots'][:, 0], rtol=1e-5)
+  # The scores are Eq. 3's target-slot probabilities p (the off-target slot gets 1 - p):
+  # Eq. 4 normalizes p into the target's map and 1 - p into the off-target's.
+  for score, attention in (('heatmap_score', 'ca_audio_image'), ('image_prior_score', 'ia_image')):
+    probability = np.asarray(out[score]).reshape(4, -1)
+    assert np.all((probability >= 0) & (probability <= 1))
+    for slot, p in ((0, probability), (1, 1 - probability)):
+      np.testing.assert_allclose(eval_out[attention][:, slot], p / p.sum(1, keepdims=True),
+                                 rtol=1e-4, atol=1e-6)
   refined = np.asarray(jsa.iqr(out['heatmap'], out['image_prior'], 0.6))
 
   def minmax(x):

@@ -21,9 +21,9 @@ def _cfg(**overrides):
 
 def test_clips_are_deterministic_for_a_seed():
   cfg = _cfg()
-  a = synthetic.render_clip(cfg, np.random.default_rng(3), [1, 4])
-  b = synthetic.render_clip(cfg, np.random.default_rng(3), [1, 4])
-  c = synthetic.render_clip(cfg, np.random.default_rng(4), [1, 4])
+  a = synthetic.render_clip(cfg, np.random.default_rng(3), [1, 4], 2)
+  b = synthetic.render_clip(cfg, np.random.default_rng(3), [1, 4], 2)
+  c = synthetic.render_clip(cfg, np.random.default_rng(4), [1, 4], 2)
   for key in a:
     np.testing.assert_array_equal(a[key], b[key])
   assert not np.array_equal(a['image'], c['image'])
@@ -32,7 +32,7 @@ def test_clips_are_deterministic_for_a_seed():
 def test_boxes_are_the_tight_boxes_of_the_visible_masks():
   cfg = _cfg(max_distractors=2)
   for seed in range(10):
-    clip = synthetic.render_clip(cfg, np.random.default_rng(seed), [0, 5, 7])
+    clip = synthetic.render_clip(cfg, np.random.default_rng(seed), [0, 5, 7], 2)
     assert clip['masks'].shape == (3, 64, 64) and clip['boxes'].shape == (3, 4)
     assert not (clip['masks'][0] & clip['masks'][1]).any()
     for mask, (x0, y0, x1, y1) in zip(clip['masks'], clip['boxes']):
@@ -45,10 +45,22 @@ def test_boxes_are_the_tight_boxes_of_the_visible_masks():
 def test_the_sounding_class_is_audible_at_its_fundamental():
   cfg = _cfg(offscreen_prob=0.0, noise_level=0.05, audio_seconds=1.0)
   for c in (0, 5, 11):
-    waveform = synthetic.render_clip(cfg, np.random.default_rng(c), [c])['waveform']
+    waveform = synthetic.render_clip(cfg, np.random.default_rng(c), [c], 2)['waveform']
     spectrum = np.abs(np.fft.rfft(waveform))  # 1 Hz bins
     f0 = 150.0 * 2 ** (c / 4)
     assert abs(np.argmax(spectrum) - f0) <= 0.04 * f0
+
+
+def test_distractors_are_silent_objects_of_other_classes_and_absent_when_alone():
+  cfg = _cfg(max_distractors=2)
+  counts = []
+  for seed in range(12):
+    crowded = synthetic.render_clip(cfg, np.random.default_rng(seed), [3], 2)
+    assert 3 not in crowded['distractors'] and len(set(crowded['distractors'])) <= 2
+    counts.append(len(crowded['distractors']))
+    alone = synthetic.render_clip(cfg, np.random.default_rng(seed), [3], 0)
+    assert alone['distractors'] == [] and alone['masks'].shape == (1, 64, 64)
+  assert set(counts) == {0, 1, 2}
 
 
 def test_prepare_converts_every_split_once_and_then_reuses_it(tmp_path, monkeypatch):
@@ -58,7 +70,7 @@ def test_prepare_converts_every_split_once_and_then_reuses_it(tmp_path, monkeypa
   assert sorted(dirs) == sorted(synthetic.SPLITS)
   counts = {name: tfrecord.read_manifest(d).num_examples for name, d in dirs.items()}
   assert counts == {'synthetic_train': 6, 'synthetic_test': 4, 'synthetic_duet': 3,
-                    'synthetic_trio': 3, 'synthetic_mixed': 3}
+                    'synthetic_trio': 3, 'synthetic_mixed': 3, 'synthetic_alone': 4}
   assert tfrecord.read_manifest(dirs['synthetic_trio']).gt == tfrecord.GT_MULTISOURCE
   assert tfrecord.read_manifest(dirs['synthetic_test']).gt == tfrecord.GT_BOXES
   assert not os.path.exists(os.path.join(synthetic.cache_dir(cfg, str(tmp_path)), 'raw'))
@@ -125,7 +137,7 @@ def test_bad_settings_fail_naming_the_field(tmp_path, field, value, message):
 
 def test_spectrogram_of_a_synthetic_clip_has_the_configured_shape():
   cfg = _cfg(audio_seconds=1.0)
-  waveform = synthetic.render_clip(cfg, np.random.default_rng(0), [2])['waveform']
+  waveform = synthetic.render_clip(cfg, np.random.default_rng(0), [2], 2)['waveform']
   assert audio.log_spectrogram(waveform, config_lib.audio_config(1.0)).shape == (257, 101)
 
 

@@ -133,34 +133,66 @@ def evaluate_sample(object_maps, source_maps, protocol: str = 'median',
   return SampleResult(source_cious, confidences, pixel_aps, len(object_maps))
 
 
-def detection_ap(cious, confidences, iou_threshold: float = 0.5) -> float:
-  """AVGN `EvaluatorFull.calc_ap` over entries that each hold a sounding source.
+def precision_recall(detected, correct, sounding):
+  """AVGN / SLAVC `EvaluatorFull.calc_precision_recall`, at many thresholds at once.
 
-  cious, confidences [M]. At a confidence threshold t an entry is detected when its
-  confidence >= t: a true positive if its cIoU >= iou_threshold, else a false positive;
-  undetected entries are false negatives; P = TP / (TP + FP), R = TP / (TP + FN) (AVGN
-  leaves detected misses out of the recall denominator), each 1 when its denominator is 0.
-  Thresholds: the sorted finite confidences without the largest, in descending order,
-  every max(1, M // 200)-th. AP = sum_i max(P[i:]) * (R[i+1] - R[i]). Entries of
-  confidence -inf (unmatched sources) are never detected. Fewer than two thresholds give 0.
+  detected [T, M] bool (entry m detected at threshold t), correct [M] (cIoU >= the IoU
+  threshold), sounding [M] (the entry holds a sounding object; SLAVC's `bb > 0`). A
+  detected sounding entry is a true positive if correct, else a false positive; a
+  detected silent entry is a false positive; an undetected sounding entry is a false
+  negative. P = TP / (TP + FP), R = TP / (TP + FN), each 1 when its denominator is 0.
+  Returns precision, recall [T].
   """
+  tp = np.count_nonzero(detected & correct & sounding, axis=1)
+  fp = np.count_nonzero(detected & ~(correct & sounding), axis=1)
+  fn = np.count_nonzero(~detected & sounding, axis=1)
+  precision = np.where(tp + fp == 0, 1.0, tp / np.maximum(tp + fp, 1))
+  recall = np.where(tp + fn == 0, 1.0, tp / np.maximum(tp + fn, 1))
+  return precision, recall
+
+
+def _check_entries(cious, confidences, sounding):
   cious = np.asarray(cious, np.float64)
   confidences = np.asarray(confidences, np.float64)
-  if cious.shape != confidences.shape or cious.ndim != 1:
-    raise ValueError(f'cious {cious.shape} and confidences {confidences.shape} must be equal '
-                     '1-D shapes')
+  sounding = np.ones(cious.shape, bool) if sounding is None else np.asarray(sounding, bool)
+  if not cious.shape == confidences.shape == sounding.shape or cious.ndim != 1:
+    raise ValueError(f'cious {cious.shape}, confidences {confidences.shape} and sounding '
+                     f'{sounding.shape} must be equal 1-D shapes')
+  return cious, confidences, sounding
+
+
+def detection_ap(cious, confidences, iou_threshold: float = 0.5, sounding=None) -> float:
+  """AVGN / SLAVC `EvaluatorFull.calc_ap`.
+
+  cious, confidences [M]; sounding [M] bool (default: every entry holds a sounding
+  source; silent entries are the negatives of SLAVC's extended protocol). At a confidence
+  threshold t an entry is detected when its confidence >= t, then scored by
+  `precision_recall`. Thresholds: the sorted finite confidences without the largest, in
+  descending order, every max(1, M // 200)-th. AP = sum_i max(P[i:]) * (R[i+1] - R[i]).
+  Entries of confidence -inf (unmatched sources) are never detected. Fewer than two
+  thresholds give 0.
+  """
+  cious, confidences, sounding = _check_entries(cious, confidences, sounding)
   detectable = np.isfinite(confidences)
   skip = max(1, len(cious) // 200)
   thresholds = np.sort(confidences[detectable])[:-1][::-skip]
   detected = detectable[None] & (confidences[None] >= thresholds[:, None])
-  correct = cious >= iou_threshold
-  tp = np.count_nonzero(detected & correct, axis=1)
-  fp = np.count_nonzero(detected & ~correct, axis=1)
-  fn = len(cious) - tp - fp
-  precision = np.where(tp + fp == 0, 1.0, tp / np.maximum(tp + fp, 1))
-  recall = np.where(tp + fn == 0, 1.0, tp / np.maximum(tp + fn, 1))
+  precision, recall = precision_recall(detected, cious >= iou_threshold, sounding)
   best_after = np.maximum.accumulate(precision[::-1])[::-1]
   return float(np.sum(best_after[:-1] * np.diff(recall)))
+
+
+def max_f1(cious, confidences, iou_threshold: float = 0.5, sounding=None) -> float:
+  """SLAVC `EvaluatorFull.finalize_stats` F1: F1 = 2PR / (P + R) (0 when P + R = 0) at the
+  thresholds `sorted(confidences)[::max(1, M // 10)]`; the largest (the "max-F1" of Mo &
+  Morgado, NeurIPS 2022). Arguments as `detection_ap`."""
+  cious, confidences, sounding = _check_entries(cious, confidences, sounding)
+  thresholds = np.sort(confidences)[::max(1, len(cious) // 10)]
+  detected = confidences[None] >= thresholds[:, None]
+  precision, recall = precision_recall(detected, cious >= iou_threshold, sounding)
+  f1 = np.where(precision + recall > 0,
+                2 * precision * recall / np.maximum(precision + recall, 1e-300), 0.0)
+  return float(f1.max())
 
 
 def _position_averaged_ap(results: Sequence[SampleResult], iou_threshold: float) -> float:

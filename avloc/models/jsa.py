@@ -12,7 +12,8 @@ import jax.numpy as jnp
 
 from avloc.models import maps
 from avloc.models.resnet import IMAGENET_MEAN, IMAGENET_STD, AudioEncoder, ImageEncoder
-from avloc.models.slot_attention import JointSlotAttention, SlotDecoder, slot_attention_weights
+from avloc.models.slot_attention import (JointSlotAttention, SlotDecoder, slot_attention_weights,
+                                         slot_softmax)
 
 
 def iqr(cross_modal, intra_modal, alpha):
@@ -33,6 +34,7 @@ class JSA(nn.Module):
   dim: int = 512
   width: int = 64
   stem_pool: bool = True
+  image_final_stride: int = 2  # 1: stride-16 image features (ResNet18.final_stride)
   num_target: int = 1
   num_offtarget: int = 1
   shared_slots: bool = True
@@ -48,7 +50,8 @@ class JSA(nn.Module):
 
   def setup(self):
     self.image_encoder = ImageEncoder(
-        self.dim, self.width, self.stem_pool, self.image_mean, self.image_std, self.dtype)
+        self.dim, self.width, self.stem_pool, self.image_mean, self.image_std, self.dtype,
+        final_stride=self.image_final_stride)
     self.audio_encoder = AudioEncoder(
         self.dim, self.width, self.stem_pool, 'frequency_max', self.dtype)
     self.slot_attention = JointSlotAttention(
@@ -101,6 +104,10 @@ class JSA(nn.Module):
       heatmap [B, h, w]: ca^{a,v}, the audio target queries' attention on image keys,
         with the logits scaled by `infer_sharpening` (official release);
       image_prior [B, h, w]: ia^{v,v}, the image target queries' attention (for IQR);
+      heatmap_score, image_prior_score [B, h, w]: the same maps before Eq. 4's
+        normalization over positions: each cell's target-slot probability (Eq. 3), on a
+        fixed [0, 1] scale across images (with one target slot the maps are these up
+        to a per-image factor);
       image_embedding, audio_embedding [B, D]: target slots, for retrieval (Table 4).
     With several target slots, the maps are summed over them and the embeddings are
     the mean of the target slots.
@@ -108,13 +115,17 @@ class JSA(nn.Module):
     image_tokens, audio_tokens, (height, width) = self._encode(image, spectrogram, False)
     slots = self.slot_attention(image_tokens, audio_tokens, False)
     attend = functools.partial(self._attention, sharpening=self.infer_sharpening)
+    probability = functools.partial(
+        slot_softmax, scale=self.infer_sharpening * self.dim**-0.5)
     targets = slice(0, self.num_target)
-    heatmap = attend(slots['audio_queries'], slots['image_keys'])[:, targets].sum(1)
-    image_prior = attend(slots['image_queries'], slots['image_keys'])[:, targets].sum(1)
     batch = image.shape[0]
+    maps = dict(
+        heatmap=attend(slots['audio_queries'], slots['image_keys']),
+        image_prior=attend(slots['image_queries'], slots['image_keys']),
+        heatmap_score=probability(slots['audio_queries'], slots['image_keys']),
+        image_prior_score=probability(slots['image_queries'], slots['image_keys']))
     return dict(
-        heatmap=heatmap.reshape(batch, height, width),
-        image_prior=image_prior.reshape(batch, height, width),
+        **{name: m[:, targets].sum(1).reshape(batch, height, width) for name, m in maps.items()},
         image_embedding=slots['image_slots'][:, targets].mean(1).astype(jnp.float32),
         audio_embedding=slots['audio_slots'][:, targets].mean(1).astype(jnp.float32),
     )

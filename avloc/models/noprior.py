@@ -242,6 +242,7 @@ class NoPrior(nn.Module):
   dim: int = 512
   width: int = 64
   stem_pool: bool = True
+  image_final_stride: int = 2  # 1: stride-16 image features (ResNet18.final_stride)
   projection: bool = False
   mask_alpha: float = 0.65
   mask_omega: float = 0.03
@@ -255,7 +256,8 @@ class NoPrior(nn.Module):
 
   def setup(self):
     self.image_encoder = ImageEncoder(self.dim, self.width, self.stem_pool, self.image_mean,
-                                      self.image_std, self.dtype, self.projection)
+                                      self.image_std, self.dtype, self.projection,
+                                      self.image_final_stride)
     self.audio_encoder = AudioEncoder(self.dim, self.width, self.stem_pool, 'none', self.dtype,
                                       self.projection)
 

@@ -49,13 +49,16 @@ class BasicBlock(nn.Module):
 class ResNet18(nn.Module):
   """ResNet-18 without its classifier: [B, H, W, C_in] -> [B, H/32, W/32, 8 * width].
 
-  `stem_pool=False` drops the 3x3 max-pool after the stem (stride 16 instead of 32),
-  for CPU-sized inputs that keep the paper's 7x7 feature map at 112 px.
+  `stem_pool=False` drops the 3x3 max-pool after the stem (stride 16 instead of 32);
+  `final_stride=1` keeps the last stage at the resolution of the third (stride 16, as the
+  image network of LVS, `models/base_models.py`: 14x14 at 224 px), at a fraction of the
+  cost: only the last stage runs on 4x the positions.
   """
 
   width: int = 64
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
   stem_pool: bool = True
+  final_stride: int = 2
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -68,7 +71,8 @@ class ResNet18(nn.Module):
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for stage, num_blocks in enumerate(self.stage_sizes):
       for block in range(num_blocks):
-        stride = 2 if stage > 0 and block == 0 else 1
+        last_stage = stage == len(self.stage_sizes) - 1
+        stride = 1 if stage == 0 or block > 0 else self.final_stride if last_stage else 2
         x = BasicBlock(self.width * 2**stage, stride, self.dtype,
                        name=f'layer{stage + 1}_{block}')(x, train)
     return x
@@ -98,7 +102,8 @@ def _project(x, dim, projection, dtype):
 
 class ImageEncoder(nn.Module):
   """f_v: uint8 image [B, H, W, 3] -> features [B, h, w, dim] (ResNet-18, then the 1x1
-  projection unless `projection=False`, see `_project`).
+  projection unless `projection=False`, see `_project`; h = H / 32, or H / 16 with
+  `final_stride=1` or `stem_pool=False`).
 
   Pixels are normalized here (`normalize_pixels`), so every caller feeds the same uint8
   images.
@@ -111,11 +116,13 @@ class ImageEncoder(nn.Module):
   std: tuple[float, ...] = IMAGENET_STD
   dtype: jnp.dtype = jnp.float32
   projection: bool = True
+  final_stride: int = 2
 
   @nn.compact
   def __call__(self, image, train: bool):
     x = normalize_pixels(image, self.mean, self.std)
-    x = ResNet18(self.width, stem_pool=self.stem_pool, dtype=self.dtype, name='trunk')(x, train)
+    x = ResNet18(self.width, stem_pool=self.stem_pool, final_stride=self.final_stride,
+                 dtype=self.dtype, name='trunk')(x, train)
     return _project(x, self.dim, self.projection, self.dtype)
 
 

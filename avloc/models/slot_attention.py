@@ -10,15 +10,24 @@ import jax
 import jax.numpy as jnp
 
 
+def slot_softmax(queries, keys, scale):
+  """Eq. 3: A^T, the softmax over the SLOT axis of K Q^T * scale.
+
+  queries [B, S, D], keys [B, N, D] -> [B, S, N], each column summing to 1 over S: the
+  probability that input n belongs to slot s, on a fixed [0, 1] scale.
+  """
+  logits = jnp.einsum('bsd,bnd->bsn', queries, keys).astype(jnp.float32) * scale
+  return jax.nn.softmax(logits, axis=1)
+
+
 def slot_attention_weights(queries, keys, scale, eps):
-  """Eqs. 3-4: softmax over the SLOT axis, then normalization over the inputs.
+  """Eqs. 3-4: `slot_softmax`, then normalization over the inputs.
 
   queries [B, S, D], keys [B, N, D] -> A_hat^T [B, S, N], each row summing to 1 over N.
   As in the official JSA release, `eps` is added to the softmax output before the
   renormalization (it keeps a slot that wins no input from dividing by zero).
   """
-  logits = jnp.einsum('bsd,bnd->bsn', queries, keys).astype(jnp.float32) * scale
-  weights = jax.nn.softmax(logits, axis=1) + eps
+  weights = slot_softmax(queries, keys, scale) + eps
   return weights / jnp.sum(weights, axis=2, keepdims=True)
 
 
