@@ -338,7 +338,7 @@ def test_model_forward_shapes_and_loss_gradients(tiny):
   def terms(params):
     outputs, _ = model.apply({**variables, 'params': params}, image, spectrogram,
                              train=True, mutable=['batch_stats'])
-    loss, metrics = method.loss(outputs, config)
+    loss, metrics = method.loss(outputs, config, 0)
     return loss, (metrics, outputs)
 
   def with_last_layers(params, last):
