@@ -83,6 +83,66 @@ def synthetic_config() -> ml_collections.ConfigDict:
   ))
 
 
+def release_audio_config(seconds: float) -> ml_collections.ConfigDict:
+  """The log spectrogram of the LVS / EZ-VSL / FNAC releases (`datasets.py`): scipy's
+  `signal.spectrogram(nperseg=512, noverlap=274)` (hop 238) of 16 kHz audio, then
+  log(x + 1e-7) / 12. What differs here: a periodic Hann window instead of scipy's
+  Tukey(0.25), power instead of scipy's one-sided density (a constant offset of the log,
+  which the first BatchNorm removes) and centred frames (two more than scipy's)."""
+  audio = audio_config(seconds)
+  audio.hop_length = 238
+  return audio
+
+
+# Evaluation splits per training set of the LVS / EZ-VSL / FNAC paper variants (JSA
+# Tables 1 and 3 report the three on these), and the synthetic variant's.
+DUAL_ENCODER_EVAL_SPLITS = {
+    'vggsound_144k': 'vggss,flickr_test,avsbench_s4,avsbench_ms3',
+    'vggsound_10k': 'vggss,flickr_test',
+    'flickr_144k': 'flickr_test,vggss',
+    'flickr_10k': 'flickr_test,vggss',
+    'synthetic': 'synthetic_test',
+}
+
+
+def dual_encoder_config(method: str, variant: str, audio_seconds: float,
+                        projection: bool, last_stride: int) -> ml_collections.ConfigDict:
+  """The blocks LVS, EZ-VSL and FNAC share (`avloc.models.dual_encoder`): the releases'
+  image pipeline (Resize(246, bicubic), RandomCrop(224), flip), `release_audio_config`,
+  ResNet-18s with D = 512, no initial image trunk, and their evaluation: maps binarized
+  at their median (`test.py`), the best export by the first split's AP50. `variant` is a
+  key of DUAL_ENCODER_EVAL_SPLITS and names the training split (synthetic_train for
+  'synthetic'). The caller adds `loss`, `optim` and `train`."""
+  if variant not in DUAL_ENCODER_EVAL_SPLITS:
+    raise ValueError(f'configs/{method}.py: unknown variant {variant!r}; one of '
+                     f'{list(DUAL_ENCODER_EVAL_SPLITS)}')
+  eval_splits = DUAL_ENCODER_EVAL_SPLITS[variant]
+  config = ml_collections.ConfigDict()
+  config.method = method
+  config.data = data_config('synthetic_train' if variant == SYNTHETIC else variant,
+                            audio_seconds)
+  config.data.audio = release_audio_config(audio_seconds)
+  config.model = ml_collections.ConfigDict(dict(
+      dim=512,  # = 8 * width without a projection
+      width=64,  # ResNet-18 base width (64 = the papers' network)
+      stem_pool=True,
+      projection=projection,  # 1x1 conv heads (EZ-VSL, FNAC) or the trunk outputs (LVS)
+      # Stride of each ResNet's layer4: 2, or 1 in LVS (both trunks).
+      image_last_stride=last_stride,
+      audio_last_stride=last_stride,
+      image_dropout=0.0,  # dropout before the image / audio projection (FNAC)
+      audio_dropout=0.0,
+  ))
+  config.model_init = ml_collections.ConfigDict(dict(
+      # ResNet-18 ImageNet weights for the image trunk (the papers fine-tune from them): a
+      # torchvision .pth file or `python -m avloc.convert --kind=imagenet_resnet18`'s output.
+      image_trunk='',
+  ))
+  config.eval = eval_config(eval_splits, best_metric=eval_splits.split(',')[0] + '/av/ap50')
+  config.eval.threshold_protocol = 'median'
+  return config
+
+
 def cpu_sized(config: ml_collections.ConfigDict) -> None:
   """The `synthetic` variants' common part, in place: the synthetic benchmark's frames and
   clip length (one generated set serves every method), width-16 ResNet-18s with D = 128
@@ -94,7 +154,7 @@ def cpu_sized(config: ml_collections.ConfigDict) -> None:
   config.data.image.size = 128
   config.data.image.train_resize = 144
   config.data.audio.seconds = config.data.synthetic.audio_seconds
-  config.model.update(dim=128, width=16, image_final_stride=1)
+  config.model.update(dim=128, width=16, image_last_stride=1)
   config.optim.learning_rate = 5e-4
   config.train.batch_size = 32
   config.train.log_every_steps = 20
@@ -111,6 +171,7 @@ def optim_config(name: str, lr: float, weight_decay: float) -> ml_collections.Co
   return ml_collections.ConfigDict(dict(
       name=name,  # 'adam' or 'adamw'
       learning_rate=lr,
+      # 'adamw': decoupled; 'adam': L2 added to the gradient (torch Adam's weight_decay)
       weight_decay=weight_decay,
       b1=0.9,
       b2=0.999,

@@ -1,11 +1,14 @@
-r"""PyTorch weights -> avloc: torchvision's ImageNet ResNet-18 and the official JSA release.
+r"""PyTorch weights -> avloc: torchvision's ImageNet ResNet-18 and the official releases of
+JSA, EZ-VSL, LVS and FNAC.
 
   python -m avloc.convert --kind=imagenet_resnet18 --input=resnet18-f37072fd.pth --output=DIR
   python -m avloc.convert --kind=jsa --input=vggss_best.pth --output=DIR \
       --config=configs/jsa.py:vggsound_144k
+  python -m avloc.convert --kind=ezvsl --input=best.pth --output=DIR \
+      --config=configs/ezvsl.py:vggsound_144k      (likewise lvs, fnac)
 
-Both write an inference export, DIR/export/0 (`checkpointing.Exporter`'s format), that
-`checkpointing.load_inference(DIR)` reads. For `jsa` it holds the full model and the
+Each writes an inference export, DIR/export/0 (`checkpointing.Exporter`'s format), that
+`checkpointing.load_inference(DIR)` reads. For a method it holds the full model and the
 config (`python -m avloc.main --mode=eval --workdir=DIR` evaluates it); for
 `imagenet_resnet18` the ResNet-18 variables, which `config.model_init.image_trunk=DIR`
 loads into the image encoder before training (a torchvision .pth file works there too).
@@ -26,6 +29,14 @@ running_var -> batch_stats mean, var; LayerNorm weight -> scale. Release -> avlo
   slot_attn.{img,aud}_gru                        .../gru/{ir,iz,in,hr,hz,hn} (see `_gru`)
   {img,aud}_decoder.pos_emb.{row,col}_embed      {image,audio}_decoder/{row,col}_embedding
   {img,aud}_decoder.mlp.{0,2,4,6}                .../hidden_{0,1,2}, output
+EZ-VSL (`model.py`, `EZVSL`) and FNAC (`FNAC`: the same parameters) -> avloc's DualEncoder:
+  imgnet.{conv1, bn1, layer<s>.<i>.*}            image_encoder/trunk/...
+  img_proj                                       image_encoder/projection
+  audnet.{conv1, bn1, layer<s>.<i>.*}            audio_encoder/trunk/... (1-channel conv1)
+  aud_proj (Linear on the max-pooled vector)     audio_encoder/projection (1x1 conv)
+LVS (`model.py`, `AVENet`): imgnet.* and audnet.* trunks (audio stem `conv1_a`), no
+projections; each net's unused stems (`conv1_a` / `conv1`, `conv1_flow`) and `fc` are
+ignored.
 """
 
 import functools
@@ -45,7 +56,7 @@ from avloc.data import audio as audio_lib
 from avloc.models.resnet import ResNet18
 
 TRUNK_KIND = 'imagenet_resnet18'
-KINDS = (TRUNK_KIND, 'jsa')
+KINDS = (TRUNK_KIND, 'jsa', 'ezvsl', 'lvs', 'fnac')  # the others need a method config
 _LISTED = 12  # names shown per list in an error message
 
 
@@ -268,11 +279,11 @@ def image_trunk_from_torchvision(state_dict: Mapping) -> dict:
   return resnet18_from_torch(state_dict, '', 3)
 
 
-def jsa_template(config: ml_collections.ConfigDict) -> dict:
-  """Flat {path: shape} of the JSA model's variables for `config`."""
-  if config.method != 'jsa':
-    raise ValueError(f"a JSA checkpoint needs config.method 'jsa', got {config.method!r}")
-  model = methods.get_method('jsa').build_model(config)
+def model_template(config: ml_collections.ConfigDict, kind: str) -> dict:
+  """Flat {path: shape} of method `kind`'s model variables for `config`."""
+  if config.method != kind:
+    raise ValueError(f'a {kind} checkpoint needs config.method {kind!r}, got {config.method!r}')
+  model = methods.get_method(kind).build_model(config)
   size = config.data.image.size
   freq, frames = audio_lib.spectrogram_shape(config.data.audio)
   return _template(model, jnp.zeros((1, size, size, 3), jnp.uint8),
@@ -285,7 +296,7 @@ def jsa_from_torch(state_dict: Mapping, config: ml_collections.ConfigDict) -> di
 
   Raises ConversionError naming missing and unexpected torch keys and shape mismatches.
   """
-  template = jsa_template(config)
+  template = model_template(config, 'jsa')
   c = _Converter(state_dict, lambda key: key.endswith('.num_batches_tracked'))
   _resnet18(c, 'imgnet.', ('image_encoder', 'trunk'), 'conv1')
   _conv(c, ('image_encoder', 'projection'), 'imgnet.proj', bias=True)
@@ -297,8 +308,50 @@ def jsa_from_torch(state_dict: Mapping, config: ml_collections.ConfigDict) -> di
   return c.finish('JSA checkpoint', template)
 
 
+def ezvsl_from_torch(state_dict: Mapping, config: ml_collections.ConfigDict,
+                     kind: str = 'ezvsl') -> dict:
+  """The EZ-VSL release's `EZVSL` state dict (or FNAC's `FNAC`, `kind='fnac'`: the same
+  parameters) -> {'params', 'batch_stats'} of avloc's DualEncoder for `config`. The Linear
+  `aud_proj` [D, C] becomes the 1x1 conv kernel [1, 1, C, D] that `AudioEncoder` applies
+  to the max-pooled vector. Raises ConversionError on any mismatch."""
+  template = model_template(config, kind)
+  c = _Converter(state_dict, lambda key: key.endswith('.num_batches_tracked'))
+  _resnet18(c, 'imgnet.', ('image_encoder', 'trunk'), 'conv1')
+  _conv(c, ('image_encoder', 'projection'), 'img_proj', bias=True)
+  _resnet18(c, 'audnet.', ('audio_encoder', 'trunk'), 'conv1')
+  c.put(('params', 'audio_encoder', 'projection', 'kernel'), 'aud_proj.weight',
+        lambda w: w.T[None, None])
+  c.put(('params', 'audio_encoder', 'projection', 'bias'), 'aud_proj.bias')
+  return c.finish(f'{kind} checkpoint', template)
+
+
+# LVS's `base_models.ResNet` builds all three stems and a classifier in both nets.
+_LVS_UNUSED = ('imgnet.conv1_a.', 'imgnet.conv1_flow.', 'imgnet.fc.', 'audnet.conv1.',
+               'audnet.conv1_flow.', 'audnet.fc.')
+
+
+def lvs_from_torch(state_dict: Mapping, config: ml_collections.ConfigDict) -> dict:
+  """The LVS release's `AVENet` state dict -> {'params', 'batch_stats'} of avloc's
+  DualEncoder for `config` (no projections: trunks only; the unused stems and `fc` of
+  both nets are ignored). Raises ConversionError on any mismatch."""
+  template = model_template(config, 'lvs')
+  c = _Converter(state_dict, lambda key: (key.endswith('.num_batches_tracked')
+                                          or key.startswith(_LVS_UNUSED)))
+  _resnet18(c, 'imgnet.', ('image_encoder', 'trunk'), 'conv1')
+  _resnet18(c, 'audnet.', ('audio_encoder', 'trunk'), 'conv1_a')
+  return c.finish('lvs checkpoint', template)
+
+
+_FROM_TORCH = {
+    'jsa': jsa_from_torch,
+    'ezvsl': ezvsl_from_torch,
+    'fnac': functools.partial(ezvsl_from_torch, kind='fnac'),
+    'lvs': lvs_from_torch,
+}
+
+
 def merge_image_trunk(params: dict, batch_stats: dict, trunk: dict) -> tuple[dict, dict]:
-  """(params, batch_stats) of a model with an `image_encoder/trunk` (JSA, NoPrior) with
+  """(params, batch_stats) of a model with an `image_encoder/trunk` (every method) with
   that trunk replaced by `trunk` {'params', 'batch_stats'}; shapes must match exactly."""
   current = {'params': params['image_encoder']['trunk'],
              'batch_stats': batch_stats['image_encoder']['trunk']}
@@ -315,15 +368,16 @@ def merge_image_trunk(params: dict, batch_stats: dict, trunk: dict) -> tuple[dic
 
 
 def load_torch_state_dict(path: str) -> dict:
-  """A PyTorch checkpoint's state dict as float32 numpy arrays; a {'model': ...} or
-  {'state_dict': ...} wrapper (the release's training checkpoints) is unwrapped."""
+  """A PyTorch checkpoint's state dict as float32 numpy arrays; a {'model': ...},
+  {'state_dict': ...} or {'model_state_dict': ...} wrapper (the releases' training
+  checkpoints) is unwrapped."""
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise ImportError(f'reading the PyTorch checkpoint {path} needs torch: pip install torch '
                       '(the CPU wheel is enough)') from e
   checkpoint = torch.load(os.path.expanduser(path), map_location='cpu', weights_only=True)
-  for wrapper in ('model', 'state_dict'):
+  for wrapper in ('model', 'state_dict', 'model_state_dict'):
     if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get(wrapper), Mapping):
       checkpoint = checkpoint[wrapper]
   if not isinstance(checkpoint, Mapping) or not all(
@@ -353,13 +407,14 @@ def convert_checkpoint(kind: str, input_path: str, output_dir: str,
   """Converts a PyTorch checkpoint into the export `output_dir`/export/0; returns its path.
 
   kind 'imagenet_resnet18': torchvision ResNet-18 -> trunk variables, config {'kind',
-  'source'}; kind 'jsa': the release's checkpoint -> JSA variables with `config`.
+  'source'}; a method ('jsa', 'ezvsl', 'lvs', 'fnac'): its release's checkpoint -> the
+  method's variables with `config`.
   """
   if kind not in KINDS:
     raise ValueError(f'kind must be one of {KINDS}, got {kind!r}')
-  if kind == 'jsa' and config is None:
-    raise ValueError('converting a JSA checkpoint needs the config of its architecture '
-                     '(--config=configs/jsa.py[:variant])')
+  if kind != TRUNK_KIND and config is None:
+    raise ValueError(f'converting a {kind} checkpoint needs the config of its architecture '
+                     f'(--config=configs/{kind}.py[:variant])')
   export_dir = os.path.join(os.path.abspath(os.path.expanduser(output_dir)),
                             checkpointing.EXPORT_DIR)
   if os.path.exists(export_dir):
@@ -370,7 +425,7 @@ def convert_checkpoint(kind: str, input_path: str, output_dir: str,
     config = ml_collections.ConfigDict(
         {'kind': TRUNK_KIND, 'source': os.path.abspath(input_path)})
   else:
-    variables = jsa_from_torch(state_dict, config)
+    variables = _FROM_TORCH[kind](state_dict, config)
   exporter = checkpointing.Exporter(os.path.dirname(export_dir), best_metric='')
   exporter.export(0, variables, config, metrics=None)
   exporter.close()
@@ -381,10 +436,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   config = flags.FLAGS.config
-  if flags.FLAGS.kind == 'jsa' and config is None:
-    raise app.UsageError('--kind=jsa needs --config=configs/jsa.py[:variant], the '
+  kind = flags.FLAGS.kind
+  if kind != TRUNK_KIND and config is None:
+    raise app.UsageError(f'--kind={kind} needs --config=configs/{kind}.py[:variant], the '
                          'architecture the checkpoint was trained with')
-  path = convert_checkpoint(flags.FLAGS.kind, flags.FLAGS.input, flags.FLAGS.output, config)
+  path = convert_checkpoint(kind, flags.FLAGS.input, flags.FLAGS.output, config)
   print(f'Wrote {path}')
 
 
@@ -395,8 +451,8 @@ def run():
   flags.DEFINE_string('input', None, 'PyTorch checkpoint (.pth).')
   flags.DEFINE_string('output', None, 'Directory for the export (output/export/0).')
   config_flags.DEFINE_config_file(
-      'config', None, 'For --kind=jsa: config and variant of the architecture, e.g. '
-      'configs/jsa.py:vggsound_144k.', lock_config=True)
+      'config', None, 'For a method (--kind=jsa, ezvsl, lvs, fnac): config and variant of '
+      'the architecture, e.g. configs/jsa.py:vggsound_144k.', lock_config=True)
   flags.mark_flags_as_required(['kind', 'input', 'output'])
   app.run(main)
 

@@ -1,8 +1,11 @@
-"""The methods avloc trains, behind one interface for the trainer, evaluator and predict.
+"""The methods avloc trains (JSA, NoPrior and the baselines LVS, EZ-VSL, FNAC), behind one
+interface for the trainer, evaluator and predict.
 
 A `Method` says how to build its Flax model from a config, its training loss on the
 model's outputs, and its inference outputs (`localize`), maps at the input image size:
   heatmaps: {name: [B, H, W]} single-source localization maps, the first one primary;
+  scores: {name: [B, H, W]} in [0, 1], a fixed-scale version of each heatmap, comparable
+    across images (the extended protocol of Mo & Morgado, NeurIPS 2022);
   lowres: {name: [B, h, w]} the model's maps before upsampling;
   scores: {name: [B, H, W]} in [0, 1], a fixed-scale version of heatmaps[name] whose
     level is comparable across images (the confidence of Mo & Morgado's extended
@@ -20,8 +23,12 @@ import jax.numpy as jnp
 import ml_collections
 
 from avloc import config as config_lib
+from avloc.losses import ezvsl as ezvsl_losses
+from avloc.losses import fnac as fnac_losses
 from avloc.losses import jsa as jsa_losses
+from avloc.losses import lvs as lvs_losses
 from avloc.losses import noprior as noprior_losses
+from avloc.models import dual_encoder
 from avloc.models import jsa as jsa_model
 from avloc.models import maps
 from avloc.models import noprior as noprior_model
@@ -31,7 +38,8 @@ from avloc.models import noprior as noprior_model
 class Method:
   name: str
   build_model: Callable[[ml_collections.ConfigDict], nn.Module]
-  loss: Callable[[dict, ml_collections.ConfigDict], tuple[jax.Array, dict]]
+  # loss(outputs, config, epoch): epoch is the 0-based epoch of the step (int32 scalar).
+  loss: Callable[[dict, ml_collections.ConfigDict, jax.Array], tuple[jax.Array, dict]]
   localize: Callable[[nn.Module, dict, jax.Array, jax.Array, ml_collections.ConfigDict], dict]
   check_config: Callable[[ml_collections.ConfigDict], None]
   # The heatmap shown first (jit returns dicts with sorted keys, so order cannot say it).
@@ -52,7 +60,8 @@ def _build_jsa(config):
       image_std=tuple(config.data.image.std), dtype=compute_dtype(config))
 
 
-def _jsa_loss(outputs, config):
+def _jsa_loss(outputs, config, epoch):
+  del epoch
   return jsa_losses.jsa_loss(outputs, config.loss, config.model.num_target)
 
 
@@ -104,7 +113,8 @@ def _build_noprior(config):
       image_std=tuple(config.data.image.std), dtype=compute_dtype(config))
 
 
-def _noprior_loss(outputs, config):
+def _noprior_loss(outputs, config, epoch):
+  del epoch
   return noprior_losses.noprior_loss(outputs, config)
 
 
@@ -138,13 +148,86 @@ def _check_noprior_config(config):
           loss.avc_form)
   require(loss.negative_margin >= 0, 'loss.negative_margin', 'must be >= 0',
           loss.negative_margin)
-  if not model.projection:
-    require(model.dim == 8 * model.width, 'model.dim',
-            f'must be 8 * model.width = {8 * model.width} without a projection', model.dim)
+  _check_encoder_dim(model)
   for name in ('lambda_avc', 'lambda_osc'):
     require(loss[name] >= 0, f'loss.{name}', 'must be >= 0', loss[name])
   require(config.data.mixture.num_sources >= 1, 'data.mixture.num_sources', 'must be >= 1',
           config.data.mixture.num_sources)
+
+
+def _check_encoder_dim(model):
+  if not model.projection:
+    config_lib.require(
+        model.dim == 8 * model.width, 'model.dim',
+        f'must be 8 * model.width = {8 * model.width} without a projection', model.dim)
+
+
+def _build_dual_encoder(config):
+  return dual_encoder.DualEncoder(
+      **config.model.to_dict(), image_mean=tuple(config.data.image.mean),
+      image_std=tuple(config.data.image.std), dtype=compute_dtype(config))
+
+
+def _dual_encoder_localize(model, variables, image, spectrogram, config):
+  """LVS, EZ-VSL, FNAC: the cosine map 'av' (EZ-VSL `test.py`'s `heatmap_av`; object
+  guidance, its `av_obj`, is the evaluator's generic OGL), upsampled bicubically as the
+  EZ-VSL / FNAC `train.py` `validate` does (their `test.py` uses bilinear with
+  align_corners=True, LVS `test.py` cv2's bilinear); scores (cos + 1) / 2."""
+  del config
+  outputs = model.apply(variables, image, spectrogram, method=model.localize)
+  heatmap = maps.upsample_bicubic(outputs['heatmap'], image.shape[1:3])
+  return dict(heatmaps={'av': heatmap}, scores={'av': maps.cosine_scores(heatmap)},
+              lowres={'av': outputs['heatmap']},
+              image_embedding=outputs['image_embedding'],
+              audio_embedding=outputs['audio_embedding'])
+
+
+def _check_dual_encoder_config(config):
+  model, require = config.model, config_lib.require
+  for name in ('image_last_stride', 'audio_last_stride'):
+    require(model[name] in (1, 2), f'model.{name}', 'must be 1 or 2', model[name])
+  for name in ('image_dropout', 'audio_dropout'):
+    require(0.0 <= model[name] < 1.0, f'model.{name}', 'must be in [0, 1)', model[name])
+  _check_encoder_dim(model)
+  require(config.loss.tau > 0, 'loss.tau', 'must be > 0', config.loss.tau)
+
+
+def _ezvsl_loss(outputs, config, epoch):
+  del epoch
+  loss = ezvsl_losses.ezvsl_loss(outputs['similarity'], config.loss.tau)
+  return loss, {'loss': loss}
+
+
+def _lvs_loss(outputs, config, epoch):
+  del epoch
+  loss = config.loss
+  value = lvs_losses.lvs_loss(outputs['similarity'], loss.epsilon, loss.epsilon_negative,
+                              loss.tau, loss.temperature)
+  return value, {'loss': value}
+
+
+def _check_lvs_config(config):
+  _check_dual_encoder_config(config)
+  loss, require = config.loss, config_lib.require
+  for name in ('epsilon', 'epsilon_negative'):
+    require(-1.0 <= loss[name] <= 1.0, f'loss.{name}', 'must be a cosine in [-1, 1]',
+            loss[name])
+  require(loss.epsilon_negative <= loss.epsilon, 'loss.epsilon_negative',
+          f'must be <= loss.epsilon ({loss.epsilon})', loss.epsilon_negative)
+  require(loss.temperature > 0, 'loss.temperature', 'must be > 0', loss.temperature)
+
+
+def _fnac_loss(outputs, config, epoch):
+  return fnac_losses.fnac_loss(outputs, config.loss, epoch)
+
+
+def _check_fnac_config(config):
+  _check_dual_encoder_config(config)
+  loss, require = config.loss, config_lib.require
+  require(0.0 <= loss.foreground_threshold < 1.0, 'loss.foreground_threshold',
+          'must be in [0, 1)', loss.foreground_threshold)
+  for name in ('lambda_fns_audio', 'lambda_tne', 'lambda_fns_image', 'warmup_epochs'):
+    require(loss[name] >= 0, f'loss.{name}', 'must be >= 0', loss[name])
 
 
 _METHODS = {
@@ -152,6 +235,12 @@ _METHODS = {
                   lambda config: 'iqr' if config.eval.use_iqr else 'ca'),
     'noprior': Method('noprior', _build_noprior, _noprior_loss, _noprior_localize,
                       _check_noprior_config, lambda config: 'sam'),
+    'ezvsl': Method('ezvsl', _build_dual_encoder, _ezvsl_loss, _dual_encoder_localize,
+                    _check_dual_encoder_config, lambda config: 'av'),
+    'lvs': Method('lvs', _build_dual_encoder, _lvs_loss, _dual_encoder_localize,
+                  _check_lvs_config, lambda config: 'av'),
+    'fnac': Method('fnac', _build_dual_encoder, _fnac_loss, _dual_encoder_localize,
+                   _check_fnac_config, lambda config: 'av'),
 }
 
 

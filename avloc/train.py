@@ -53,12 +53,16 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, steps_per_epoch: in
 
 def make_optimizer(optim: ml_collections.ConfigDict,
                    schedule: optax.Schedule) -> optax.GradientTransformation:
-  """Adam or AdamW (decoupled weight decay) with optional global-norm clipping."""
+  """AdamW (decoupled weight decay) or Adam with torch's `Adam(weight_decay=...)`: L2,
+weight_decay * params added to the gradient (the FNAC release); optional global-norm
+clipping."""
   if optim.name == 'adamw':
     opt = optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps,
                       weight_decay=optim.weight_decay)
   else:
     opt = optax.adam(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps)
+    if optim.weight_decay:
+      opt = optax.chain(optax.add_decayed_weights(optim.weight_decay), opt)
   if optim.grad_clip_norm:
     opt = optax.chain(optax.clip_by_global_norm(optim.grad_clip_norm), opt)
   return opt
@@ -84,7 +88,7 @@ def create_train_state(config, model, tx, mesh) -> TrainState:
   def init(params_rng, rng, trunk):
     mask_rng, state_rng = jax.random.split(rng)
     variables = model.init(
-        {'params': params_rng, 'mask': mask_rng},
+        {'params': params_rng, **_stochastic_rngs(mask_rng)},
         jnp.zeros(shapes['image'].shape, jnp.uint8),
         jnp.zeros(shapes['spectrogram'].shape, jnp.float32), train=True)
     params, batch_stats = variables['params'], variables.get('batch_stats', {})
@@ -100,9 +104,16 @@ def create_train_state(config, model, tx, mesh) -> TrainState:
   return jax.jit(init, out_shardings=sharding.replicated(mesh))(params_rng, rng, trunk)
 
 
-def make_train_step(config, model, method, tx, mesh):
+def _stochastic_rngs(rng) -> dict:
+  """The models' random streams from one key: 'mask' (JSA's token masking) and
+  'dropout' (FNAC's feature dropout)."""
+  return {'mask': rng, 'dropout': jax.random.fold_in(rng, 1)}
+
+
+def make_train_step(config, model, method, tx, mesh, steps_per_epoch: int):
   """jit(step)(state, batch) -> (state, metrics); state replicated and donated, batch
-  sharded over 'data'."""
+  sharded over 'data'. The loss sees the step's 0-based epoch, step // steps_per_epoch
+  (FNAC's warm-up)."""
 
   def step(state: TrainState, batch: dict):
     rng = jax.random.fold_in(state.rng, state.step)
@@ -110,8 +121,9 @@ def make_train_step(config, model, method, tx, mesh):
     def loss_fn(params):
       outputs, updates = model.apply(
           {'params': params, 'batch_stats': state.batch_stats}, batch['image'],
-          batch['spectrogram'], train=True, rngs={'mask': rng}, mutable=['batch_stats'])
-      loss, metrics = method.loss(outputs, config)
+          batch['spectrogram'], train=True, rngs=_stochastic_rngs(rng),
+          mutable=['batch_stats'])
+      loss, metrics = method.loss(outputs, config, state.step // steps_per_epoch)
       return loss, (metrics, updates['batch_stats'])
 
     grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
@@ -179,7 +191,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, split_dirs: dict[str,
   tx = make_optimizer(config.optim, schedule)
   model = method.build_model(config)
   state = create_train_state(config, model, tx, mesh)
-  train_step = make_train_step(config, model, method, tx, mesh)
+  train_step = make_train_step(config, model, method, tx, mesh, plan.steps_per_epoch)
 
   dataset = pipeline.train_dataset(
       config, train_dir, seed=config.train.seed, process_index=jax.process_index(),

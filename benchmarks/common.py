@@ -72,7 +72,7 @@ def train_setup(config, batch_size: int, devices=None, seed: int = 0) -> TrainSe
   model = method.build_model(config)
   tx = train.make_optimizer(config.optim, optax.constant_schedule(config.optim.learning_rate))
   state = train.create_train_state(config, model, tx, mesh)
-  step = train.make_train_step(config, model, method, tx, mesh)
+  step = train.make_train_step(config, model, method, tx, mesh, steps_per_epoch=1)
   shapes = train.input_shapes(config, batch_size, train=True)
   rng = np.random.default_rng(seed)
   batch = sharding.global_batch({

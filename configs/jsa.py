@@ -36,7 +36,7 @@ def get_config(variant: str = 'vggsound_144k') -> ml_collections.ConfigDict:
       dim=512,  # c = d: feature and slot size
       width=64,  # ResNet-18 base width (64 = the paper's network)
       stem_pool=True,
-      image_final_stride=2,  # 1: stride-16 image features (8x8 at 128 px, 14x14 at 224)
+      image_last_stride=2,  # 1: stride-16 image features (8x8 at 128 px, 14x14 at 224)
       num_target=1,  # target / off-target slots (Tables 8 and 12)
       num_offtarget=1,
       shared_slots=True,  # initial slots shared by the two modalities (Table 6)

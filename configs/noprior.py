@@ -33,7 +33,7 @@ def get_config(variant: str = 'vggsound_144k') -> ml_collections.ConfigDict:
       dim=512,  # = 8 * width: the ResNet-18 output (no projection)
       width=64,
       stem_pool=True,
-      image_final_stride=2,  # 1: stride-16 image features (8x8 at 128 px, 14x14 at 224)
+      image_last_stride=2,  # 1: stride-16 image features (8x8 at 128 px, 14x14 at 224)
       # No 1x1 projection head: F_v and F_a are the trunks' post-ReLU outputs, as in the
       # release (and LVS), so S_v >= 0 and F_hat = S_v * F_v keeps every cell's direction.
       # A projection with bias lets S_v go negative and F_hat flip background cells

@@ -24,19 +24,16 @@ def tiny_noprior(size: int = 48) -> ml_collections.ConfigDict:
   config.data.image.update(size=size, train_resize=size + 4)
   config.data.audio.update(seconds=0.5, n_fft=128, win_length=128, hop_length=64)
   config.data.num_workers = 0
-  config.model.update(dim=32, width=4, stem_pool=False, max_objects=3)  # dim = 8 * width
+  config.model.update(dim=32, width=4, stem_pool=False, image_last_stride=2,
+                      max_objects=3)  # dim = 8 * width
   return config
 
 
-def write_export(config: ml_collections.ConfigDict, workdir) -> str:
-  """Writes an inference export of random variables (the model's shapes; BatchNorm
-  statistics 0 / 1) into `workdir`; returns it."""
-  model = methods.get_method(config.method).build_model(config)
-  shapes = train.input_shapes(config, 1, train=False)
-  key = jax.random.key(0)
-  abstract = jax.eval_shape(functools.partial(model.init, train=True),
-                            {'params': key, 'mask': key}, shapes['image'], shapes['spectrogram'])
-  rng = np.random.default_rng(0)
+def random_variables(abstract, seed: int = 0):
+  """Variables of the shapes in `abstract` (`jax.eval_shape` of an init): BatchNorm
+  statistics and scales 1 / means and biases 0, other leaves normal with std fan_in^-0.5;
+  no compilation, unlike `init`."""
+  rng = np.random.default_rng(seed)
 
   def fill(path, leaf):
     name = path[-1].key
@@ -47,7 +44,18 @@ def write_export(config: ml_collections.ConfigDict, workdir) -> str:
     fan_in = int(np.prod(leaf.shape[:-1])) or 1
     return rng.normal(0, fan_in**-0.5, leaf.shape).astype(leaf.dtype)
 
+  return jax.tree_util.tree_map_with_path(fill, abstract)
+
+
+def write_export(config: ml_collections.ConfigDict, workdir) -> str:
+  """Writes an inference export of random variables (the model's shapes; BatchNorm
+  statistics 0 / 1) into `workdir`; returns it."""
+  model = methods.get_method(config.method).build_model(config)
+  shapes = train.input_shapes(config, 1, train=False)
+  key = jax.random.key(0)
+  abstract = jax.eval_shape(functools.partial(model.init, train=True),
+                            {'params': key, 'mask': key}, shapes['image'], shapes['spectrogram'])
   exporter = checkpointing.Exporter(str(workdir), best_metric='')
-  exporter.export(0, jax.tree_util.tree_map_with_path(fill, abstract), config, None)
+  exporter.export(0, random_variables(abstract), config, None)
   exporter.close()
   return str(workdir)

@@ -27,7 +27,7 @@ OVERRIDES = {
     'data.image.size': 64, 'data.image.train_resize': 72, 'data.audio.seconds': 0.5,
     'data.audio.n_fft': 128, 'data.audio.win_length': 128, 'data.audio.hop_length': 64,
     'model.dim': 16, 'model.width': 4, 'model.mlp_dim': 32, 'model.iters': 2,
-    'model.stem_pool': True, 'model.infer_sharpening': 0.5,
+    'model.stem_pool': True, 'model.image_last_stride': 2, 'model.infer_sharpening': 0.5,
 }
 
 
@@ -70,25 +70,29 @@ class Block(tnn.Module):
 
 class ResNet(tnn.Module):
   """ResNet-18 with torchvision's names and `width`; head 'fc' (torchvision), 'image'
-  (release imgnet: `proj` 1x1 conv) or 'audio' (release audnet: stem `conv1_1`,
-  `proj.0` 1x1 conv, max over frequency)."""
+  (JSA release imgnet: `proj` 1x1 conv), 'audio' (JSA release audnet: stem `conv1_1`,
+  `proj.0` 1x1 conv, max over frequency) or 'none' (torchvision's with `fc = Identity`).
+  `stem` and `in_channels` name and size the stem conv (default: the head's);
+  `last_stride` is layer4's stride (1 in LVS's `base_models.py`)."""
 
-  def __init__(self, width, head, dim=0):
+  def __init__(self, width, head, dim=0, stem=None, in_channels=None, last_stride=2):
     super().__init__()
-    self.stem = 'conv1_1' if head == 'audio' else 'conv1'
-    setattr(self, self.stem, tnn.Conv2d(1 if head == 'audio' else 3, width, 7, 2, 3, bias=False))
+    self.stem = stem or ('conv1_1' if head == 'audio' else 'conv1')
+    in_channels = in_channels or (1 if head == 'audio' else 3)
+    setattr(self, self.stem, tnn.Conv2d(in_channels, width, 7, 2, 3, bias=False))
     self.bn1 = tnn.BatchNorm2d(width)
     cin = width
     for stage in range(4):
       cout = width * 2**stage
+      stride = (last_stride if stage == 3 else 2) if stage else 1
       setattr(self, f'layer{stage + 1}',
-              tnn.Sequential(Block(cin, cout, 2 if stage else 1), Block(cout, cout, 1)))
+              tnn.Sequential(Block(cin, cout, stride), Block(cout, cout, 1)))
       cin = cout
     if head == 'fc':
       self.fc = tnn.Linear(cin, 10)
     elif head == 'image':
       self.proj = tnn.Conv2d(cin, dim, 1)
-    else:
+    elif head == 'audio':
       self.proj = tnn.Sequential(tnn.Conv2d(cin, dim, 1), tnn.AdaptiveMaxPool2d((1, None)),
                                  tnn.Flatten(2))
 
@@ -351,18 +355,24 @@ def test_errors_name_missing_unexpected_and_mismatched_keys(release):
     convert.jsa_from_torch(release['state_dict'], wider)
 
 
+def run_convert(kind, checkpoint, output, config, overrides):
+  """`python -m avloc.convert` in a subprocess, with `--config.<field>=<value>` for each
+  override; asserts that it succeeds."""
+  result = subprocess.run(
+      [sys.executable, '-m', 'avloc.convert', f'--kind={kind}', f'--input={checkpoint}',
+       f'--output={output}', f'--config={config}']
+      + [f'--config.{field}={value}' for field, value in overrides.items()],
+      cwd=REPO, capture_output=True, text=True, timeout=300,
+      env={**os.environ, 'PYTHONPATH': REPO, 'JAX_PLATFORMS': 'cpu'})
+  assert result.returncode == 0, result.stderr[-3000:]
+
+
 def test_cli_round_trip_and_module_prefix(release, tmp_path):
   checkpoint = tmp_path / 'best.pth'
   torch.save({'model': {'module.' + k: v for k, v in release['state_dict'].items()},
               'epoch': 3}, checkpoint)
   output = tmp_path / 'converted'
-  result = subprocess.run(
-      [sys.executable, '-m', 'avloc.convert', '--kind=jsa', f'--input={checkpoint}',
-       f'--output={output}', '--config=configs/jsa.py:synthetic']
-      + [f'--config.{field}={value}' for field, value in OVERRIDES.items()],
-      cwd=REPO, capture_output=True, text=True, timeout=300,
-      env={**os.environ, 'PYTHONPATH': REPO, 'JAX_PLATFORMS': 'cpu'})
-  assert result.returncode == 0, result.stderr[-3000:]
+  run_convert('jsa', checkpoint, output, 'configs/jsa.py:synthetic', OVERRIDES)
   config, variables = checkpointing.load_inference(str(output))
   assert config.model.to_dict() == release['config'].model.to_dict()
   jax.tree_util.tree_map(np.testing.assert_array_equal, variables, release['variables'])

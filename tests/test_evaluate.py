@@ -31,7 +31,7 @@ def _config(data_root, trunk_dir=''):
   config.data.image.update(size=SIZE, train_resize=SIZE)
   config.data.audio.update(seconds=1.0)
   config.data.num_workers = 0
-  config.model.update(dim=16, width=4, mlp_dim=32, iters=2)
+  config.model.update(dim=16, width=4, mlp_dim=32, iters=2, image_last_stride=2)
   config.eval.update(splits='boxes', batch_size=4, num_visualize=2, best_metric='')
   config.eval.object_guidance.update(weights=str(trunk_dir), alpha=ALPHA)
   return config

@@ -314,7 +314,8 @@ def test_identified_objects_and_their_maps_end_to_end():
 def _tiny_config():
   config = noprior_config.get_config('synthetic')
   config.data.image.update(size=32, train_resize=36)
-  config.model.update(dim=32, width=4, stem_pool=False, max_objects=3)  # dim = 8 * width
+  config.model.update(dim=32, width=4, stem_pool=False, image_last_stride=2,
+                      max_objects=3)  # dim = 8 * width
   return config
 
 
@@ -338,7 +339,7 @@ def test_model_forward_shapes_and_loss_gradients(tiny):
   def terms(params):
     outputs, _ = model.apply({**variables, 'params': params}, image, spectrogram,
                              train=True, mutable=['batch_stats'])
-    loss, metrics = method.loss(outputs, config)
+    loss, metrics = method.loss(outputs, config, 0)
     return loss, (metrics, outputs)
 
   def with_last_layers(params, last):

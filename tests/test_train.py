@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -26,7 +27,7 @@ def tiny_config(**train_overrides) -> ml_collections.ConfigDict:
   config.data.image.update(size=32, train_resize=36)
   config.data.audio.update(seconds=0.5, n_fft=128, win_length=128, hop_length=64)
   config.data.num_workers = 0
-  config.model.update(dim=16, width=4, mlp_dim=32, iters=2, stem_pool=False)
+  config.model.update(dim=16, width=4, mlp_dim=32, iters=2, stem_pool=False, image_last_stride=2)
   config.loss.k = 3
   config.optim.update(learning_rate=1e-3, schedule='cosine', warmup_steps=2)
   config.train.update(batch_size=8, epochs=1, log_every_steps=1, checkpoint_every_steps=2)
@@ -47,14 +48,20 @@ def test_learning_rate_schedules():
                              [0, 0.5, 1, 0.5, 0], atol=1e-6)
 
 
-def test_adamw_decays_weights_and_adam_does_not():
+def test_adamw_decays_weights_decoupled_and_adam_as_l2():
   optim = config_lib.optim_config('adamw', 0.1, 0.5)
   params = {'w': jnp.ones(3)}
   zero = {'w': jnp.zeros(3)}
   tx = train.make_optimizer(optim, optax.constant_schedule(0.1))
   updates, _ = tx.update(zero, tx.init(params), params)
   np.testing.assert_allclose(updates['w'], -0.1 * 0.5 * np.ones(3), rtol=1e-6)
+  # torch Adam(weight_decay=0.5): the gradient becomes 0.5 * w, which Adam's first step
+  # normalizes to a step of -lr.
   optim.name = 'adam'
+  tx = train.make_optimizer(optim, optax.constant_schedule(0.1))
+  updates, _ = tx.update(zero, tx.init(params), params)
+  np.testing.assert_allclose(updates['w'], -0.1 * np.ones(3), rtol=1e-5)
+  optim.weight_decay = 0.0
   tx = train.make_optimizer(optim, optax.constant_schedule(0.1))
   updates, _ = tx.update(zero, tx.init(params), params)
   np.testing.assert_allclose(updates['w'], 0.0)
@@ -74,7 +81,7 @@ def _setup(config, devices, tx=None):
   tx = tx or train.make_optimizer(config.optim,
                                   optax.constant_schedule(config.optim.learning_rate))
   state = train.create_train_state(config, model, tx, mesh)
-  return mesh, train.make_train_step(config, model, method, tx, mesh), state
+  return mesh, train.make_train_step(config, model, method, tx, mesh, steps_per_epoch=1), state
 
 
 def _assert_leaves_close(new, old, reference_new, reference_old, tolerance):
@@ -108,6 +115,39 @@ def test_four_device_step_equals_one_device_step():
   # BatchNorm statistics are global-batch statistics on both meshes.
   _assert_leaves_close(state_4.batch_stats, initial_4.batch_stats, state_1.batch_stats,
                        initial_1.batch_stats, tolerance=1e-4)
+
+
+class _DropoutProbe(nn.Module):
+  """One parameter vector through FNAC's kind of dropout (rate 0.5)."""
+
+  @nn.compact
+  def __call__(self, image, spectrogram, train: bool = True):
+    del image, spectrogram
+    weights = self.param('w', nn.initializers.ones, (32,))
+    return {'dropped': nn.Dropout(0.5, deterministic=not train)(weights)}
+
+
+def test_loss_sees_the_epoch_and_a_fresh_dropout_mask_every_step():
+  config = tiny_config()
+
+  def loss(outputs, config, epoch):
+    del config
+    return jnp.mean(outputs['dropped']), {'epoch': epoch, 'kept': outputs['dropped'] != 0}
+
+  probe = methods.Method('probe', lambda config: _DropoutProbe(), loss, None, None, None)
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  tx = optax.sgd(0.0)
+  state = train.create_train_state(config, probe.build_model(config), tx, mesh)
+  step = train.make_train_step(config, probe.build_model(config), probe, tx, mesh,
+                               steps_per_epoch=3)
+  batch = sharding.global_batch(_random_batch(config, 8), mesh)
+  epochs, masks = [], set()
+  for _ in range(7):
+    state, metrics = step(state, batch)
+    epochs.append(int(metrics['epoch']))
+    masks.add(np.asarray(metrics['kept']).tobytes())
+  assert epochs == [0, 0, 0, 1, 1, 1, 2]  # FNAC's warm-up counts these
+  assert len(masks) == 7
 
 
 def test_train_step_compiles_once_and_donates_the_state():

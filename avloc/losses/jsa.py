@@ -9,9 +9,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-
-def l2_normalize(x, axis=-1, eps=1e-12):
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), eps)
+from avloc.losses import contrastive
+from avloc.models.similarity import l2_normalize
 
 
 def _nearest_neighbours(embeddings, k):
@@ -52,10 +51,7 @@ def info_nce(image_targets, audio_targets, tau, exclude=None):
   logits = l2_normalize(image_targets) @ l2_normalize(audio_targets).T / tau
   if exclude is not None:
     logits = jnp.where(exclude, -jnp.inf, logits)
-  diagonal = jnp.arange(logits.shape[0])
-  image_to_audio = -jax.nn.log_softmax(logits, axis=1)[diagonal, diagonal]
-  audio_to_image = -jax.nn.log_softmax(logits, axis=0)[diagonal, diagonal]
-  return jnp.mean(image_to_audio) + jnp.mean(audio_to_image)
+  return contrastive.symmetric_cross_entropy(logits)
 
 
 def attention_matching(ca_audio_image, ia_image, ca_image_audio, ia_audio, num_target=1):

@@ -2,12 +2,21 @@
 Way", CVPR 2021), a pure function of the audio-visual similarity maps.
 
 NoPrior's AVC loss (its Eq. 3) "follows LVS", and its release computes exactly this loss
-(`model_base.py`, `NoPriorVSSLModel.lvs` with `--trimap 1`); the LVS baseline trains with
-it too.
+(`model_base.py`, `NoPriorVSSLModel.lvs` with `--trimap 1`); the LVS method
+(`methods.py`, 'lvs') trains with it too.
+
+Paper and code differ; avloc follows the code. The paper's loss has one negative term per
+image, the background mean plus the (1 / hw) sums of the maps with every other clip's
+audio, and no temperature (the form NoPrior's Eq. 3 reprints, `noprior.avc_loss_printed`).
+The LVS release (`model.py`, `AVENet.forward`) puts each other clip in its own logit (the
+positive-region-weighted mean of that map) and the hard negative in another, all divided
+by 0.07: `tri_map_logits`.
 """
 
 import jax
 import jax.numpy as jnp
+
+from avloc.models.similarity import own_maps
 
 
 def soft_region(similarity, threshold, sharpness):
@@ -39,7 +48,7 @@ def tri_map_logits(similarity, epsilon, epsilon_negative, tau, temperature):
   features); -inf excludes it for any sign.
   """
   batch = similarity.shape[0]
-  own = jnp.diagonal(similarity).T  # [B, N]
+  own = own_maps(similarity)  # [B, N]
   positive = _masked_mean(own, soft_region(own, epsilon, tau))
   negative = _masked_mean(own, 1.0 - soft_region(own, epsilon_negative, tau))
   cross = _masked_mean(similarity, soft_region(similarity, epsilon, tau))  # [B, B]

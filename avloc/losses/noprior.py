@@ -10,6 +10,7 @@ import ml_collections
 
 from avloc.losses import lvs
 from avloc.models.noprior import object_roots
+from avloc.models.similarity import own_maps
 
 # Guards the mask-weighted means of Eq. 3 and the cosines of Eq. 4.
 _EPS = 1e-12
@@ -37,7 +38,7 @@ def avc_loss_printed(similarity, mask, temperature=1.0):
   L_avc ~1e-4 within 100 steps). The default is the release's form, `avc_loss`.
   """
   batch = similarity.shape[0]
-  own = jnp.diagonal(similarity).T  # [B, N]
+  own = own_maps(similarity)  # [B, N]
   positive = jnp.sum(mask * own, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), _EPS)
   background = 1.0 - mask
   negative = (jnp.sum(background * own, axis=1)

@@ -34,7 +34,7 @@ class JSA(nn.Module):
   dim: int = 512
   width: int = 64
   stem_pool: bool = True
-  image_final_stride: int = 2  # 1: stride-16 image features (ResNet18.final_stride)
+  image_last_stride: int = 2  # 1: stride-16 image features (ResNet18.last_stride)
   num_target: int = 1
   num_offtarget: int = 1
   shared_slots: bool = True
@@ -51,7 +51,7 @@ class JSA(nn.Module):
   def setup(self):
     self.image_encoder = ImageEncoder(
         self.dim, self.width, self.stem_pool, self.image_mean, self.image_std, self.dtype,
-        final_stride=self.image_final_stride)
+        last_stride=self.image_last_stride)
     self.audio_encoder = AudioEncoder(
         self.dim, self.width, self.stem_pool, 'frequency_max', self.dtype)
     self.slot_attention = JointSlotAttention(

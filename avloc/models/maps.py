@@ -52,3 +52,11 @@ def minmax_normalize(maps, eps=1e-12):
   low = jnp.min(maps, axis=(-2, -1), keepdims=True)
   high = jnp.max(maps, axis=(-2, -1), keepdims=True)
   return jnp.where(high - low > eps, (maps - low) / jnp.maximum(high - low, eps), 0.0)
+
+
+def cosine_scores(maps):
+  """Cosine maps [..., H, W] -> fixed-scale scores in [0, 1], comparable across images:
+  (cos + 1) / 2, which is SLAVC `test.py`'s `min_max_norm(cos / tau, -1 / tau, 1 / tau)`
+  (Mo & Morgado, NeurIPS 2022, extended protocol); clipped, so the overshoot of bicubic
+  upsampling stays in range (jnp)."""
+  return jnp.clip((maps + 1.0) / 2.0, 0.0, 1.0)

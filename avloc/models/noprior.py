@@ -18,8 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from avloc.losses.jsa import l2_normalize
 from avloc.models.resnet import IMAGENET_MEAN, IMAGENET_STD, AudioEncoder, ImageEncoder
+from avloc.models.similarity import l2_normalize, own_maps, similarity_maps
 
 # Guards divisions by norms, and the mean of E_n when the mask covers every cell.
 _EPS = 1e-12
@@ -42,7 +42,7 @@ def sound_association(image_features, audio_features):
   """
   cells = l2_normalize(image_features)
   audio = l2_normalize(jnp.mean(audio_features, axis=(1, 2)))
-  return cells, audio, jnp.einsum('nkd,md->nmk', cells, audio)
+  return cells, audio, similarity_maps(cells, audio)
 
 
 def sound_mask(sound_map, alpha, omega):
@@ -221,7 +221,7 @@ def identify_sources(image_cells, audio_map, *, mask_alpha, mask_omega, epsilon,
   object_labels [B, T] (Sec. 3.4).
   """
   cells, _, similarity = sound_association(image_cells, audio_map)
-  sound_map = jnp.diagonal(similarity).T  # S_v^{n->n} [B, N]
+  sound_map = own_maps(similarity)  # S_v^{n->n} [B, N]
   mask = sound_mask(sound_map, mask_alpha, mask_omega)
   features = sound_map[..., None] * cells  # F_hat, on unit F_v cells (LVS, the release)
   background = background_embedding(cells, mask)
@@ -242,7 +242,7 @@ class NoPrior(nn.Module):
   dim: int = 512
   width: int = 64
   stem_pool: bool = True
-  image_final_stride: int = 2  # 1: stride-16 image features (ResNet18.final_stride)
+  image_last_stride: int = 2  # 1: stride-16 image features (ResNet18.last_stride)
   projection: bool = False
   mask_alpha: float = 0.65
   mask_omega: float = 0.03
@@ -257,7 +257,7 @@ class NoPrior(nn.Module):
   def setup(self):
     self.image_encoder = ImageEncoder(self.dim, self.width, self.stem_pool, self.image_mean,
                                       self.image_std, self.dtype, self.projection,
-                                      self.image_final_stride)
+                                      self.image_last_stride)
     self.audio_encoder = AudioEncoder(self.dim, self.width, self.stem_pool, 'none', self.dtype,
                                       self.projection)
 

@@ -49,16 +49,16 @@ class BasicBlock(nn.Module):
 class ResNet18(nn.Module):
   """ResNet-18 without its classifier: [B, H, W, C_in] -> [B, H/32, W/32, 8 * width].
 
-  `stem_pool=False` drops the 3x3 max-pool after the stem (stride 16 instead of 32);
-  `final_stride=1` keeps the last stage at the resolution of the third (stride 16, as the
-  image network of LVS, `models/base_models.py`: 14x14 at 224 px), at a fraction of the
-  cost: only the last stage runs on 4x the positions.
+  `stem_pool=False` drops the 3x3 max-pool after the stem (stride 16 instead of 32),
+  for CPU-sized inputs that keep the paper's 7x7 feature map at 112 px.
+  `last_stride=1` keeps the last stage at the third stage's resolution (stride 16: a
+  14x14 map at 224 px), as LVS's `models/base_models.py` builds `layer4`.
   """
 
   width: int = 64
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
   stem_pool: bool = True
-  final_stride: int = 2
+  last_stride: int = 2
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -69,10 +69,12 @@ class ResNet18(nn.Module):
     x = nn.relu(x)
     if self.stem_pool:
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    last = len(self.stage_sizes) - 1
     for stage, num_blocks in enumerate(self.stage_sizes):
       for block in range(num_blocks):
-        last_stage = stage == len(self.stage_sizes) - 1
-        stride = 1 if stage == 0 or block > 0 else self.final_stride if last_stage else 2
+        stride = 1
+        if stage > 0 and block == 0:
+          stride = self.last_stride if stage == last else 2
         x = BasicBlock(self.width * 2**stage, stride, self.dtype,
                        name=f'layer{stage + 1}_{block}')(x, train)
     return x
@@ -100,10 +102,17 @@ def _project(x, dim, projection, dtype):
   return x
 
 
+def _head(x, dim, projection, dropout, train, dtype):
+  """Dropout at rate `dropout` on the head's input when training (FNAC's `img_dropout` /
+  `aud_dropout`, `nn.Dropout` before its projections; rng collection 'dropout'), then
+  `_project`."""
+  x = nn.Dropout(dropout, deterministic=not train)(x)
+  return _project(x, dim, projection, dtype)
+
+
 class ImageEncoder(nn.Module):
   """f_v: uint8 image [B, H, W, 3] -> features [B, h, w, dim] (ResNet-18, then the 1x1
-  projection unless `projection=False`, see `_project`; h = H / 32, or H / 16 with
-  `final_stride=1` or `stem_pool=False`).
+  projection unless `projection=False`, see `_project`; `dropout` before it, `_head`).
 
   Pixels are normalized here (`normalize_pixels`), so every caller feeds the same uint8
   images.
@@ -116,22 +125,33 @@ class ImageEncoder(nn.Module):
   std: tuple[float, ...] = IMAGENET_STD
   dtype: jnp.dtype = jnp.float32
   projection: bool = True
-  final_stride: int = 2
+  last_stride: int = 2
+  dropout: float = 0.0
 
   @nn.compact
   def __call__(self, image, train: bool):
     x = normalize_pixels(image, self.mean, self.std)
-    x = ResNet18(self.width, stem_pool=self.stem_pool, final_stride=self.final_stride,
+    x = ResNet18(self.width, stem_pool=self.stem_pool, last_stride=self.last_stride,
                  dtype=self.dtype, name='trunk')(x, train)
-    return _project(x, self.dim, self.projection, self.dtype)
+    return _head(x, self.dim, self.projection, self.dropout, train, self.dtype)
+
+
+AUDIO_POOLS = ('frequency_max', 'none', 'max')
 
 
 class AudioEncoder(nn.Module):
   """f_a: log spectrogram [B, F, T, 1] (frequency on the height axis) -> tokens.
 
-  ResNet-18 with a 1-channel stem trained from scratch, then the 1x1 conv projection
-  (with bias) unless `projection=False` (see `_project`). `pool='frequency_max'` max-pools the frequency axis only, giving [B, t, dim]
-  tokens (JSA: 257x501 -> t = 16); `pool='none'` returns the map [B, f, t, dim].
+  ResNet-18 with a 1-channel stem trained from scratch, the 1x1 conv projection (with
+  bias) unless `projection=False` (see `_project`), `dropout` on the projection's input
+  (`_head`), and a pooling:
+    'frequency_max': projection, then max over frequency only: [B, t, dim] tokens (JSA:
+      257x501 -> t = 16);
+    'none': projection, no pooling: the map [B, f, t, dim];
+    'max': max over frequency and time first, then the projection of that vector: one
+      embedding [B, dim] (EZ-VSL / FNAC `model.py`: `audnet.avgpool =
+      AdaptiveMaxPool2d((1, 1))`, then the Linear `aud_proj`, a 1x1 conv here; LVS
+      max-pools its trunk output and has no projection).
   """
 
   dim: int = 512
@@ -140,14 +160,18 @@ class AudioEncoder(nn.Module):
   pool: str = 'frequency_max'
   dtype: jnp.dtype = jnp.float32
   projection: bool = True
+  last_stride: int = 2
+  dropout: float = 0.0
 
   @nn.compact
   def __call__(self, spectrogram, train: bool):
-    x = ResNet18(self.width, stem_pool=self.stem_pool, dtype=self.dtype, name='trunk')(
-        spectrogram, train)
-    x = _project(x, self.dim, self.projection, self.dtype)
+    if self.pool not in AUDIO_POOLS:
+      raise ValueError(f'AudioEncoder.pool must be one of {AUDIO_POOLS}, got {self.pool!r}')
+    x = ResNet18(self.width, stem_pool=self.stem_pool, last_stride=self.last_stride,
+                 dtype=self.dtype, name='trunk')(spectrogram, train)
+    if self.pool == 'max':
+      x = jnp.max(x, axis=(1, 2), keepdims=True)  # [B, 1, 1, C]
+    x = _head(x, self.dim, self.projection, self.dropout, train, self.dtype)
     if self.pool == 'frequency_max':
       return jnp.max(x, axis=1)
-    if self.pool == 'none':
-      return x
-    raise ValueError(f"AudioEncoder.pool must be 'frequency_max' or 'none', got {self.pool!r}")
+    return x[:, 0, 0] if self.pool == 'max' else x
