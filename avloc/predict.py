@@ -25,8 +25,10 @@ done. Every output is written to a temporary file and renamed into place.
 
 import collections
 import dataclasses
+import errno
 import os
 import sys
+import tempfile
 import zipfile
 from collections.abc import Callable
 
@@ -116,16 +118,6 @@ def find_inputs(directory: str) -> tuple[list[Item], list[str]]:
   return items, problems
 
 
-def _checked_audio(path: str, waveform: np.ndarray | None) -> np.ndarray:
-  if waveform is None:
-    raise media.MediaError(f'{path}: no audio track')
-  if not np.all(np.isfinite(waveform)):
-    raise media.MediaError(f'{path}: NaN or infinite audio samples')
-  if not np.any(waveform):
-    raise media.MediaError(f'{path}: silent audio (all samples are zero)')
-  return waveform
-
-
 class _MapsWriter:
   """Arrays into one .npz (none without a path), written to a temporary file opened on
   the first `add` and renamed into place by `close(keep=True)`."""
@@ -200,6 +192,25 @@ def _check_arguments(image, audio, video, input_dir, output, save_maps, batch_si
     raise ValueError('--batch_size and --max_frames must be >= 1 and --video_fps > 0')
 
 
+def _check_output(output: str, single: bool) -> None:
+  """Checks, before any model runs and without leaving anything behind, that the --output
+  directory (the file's directory for one input written to a .png / .gif) can be
+  created or written to."""
+  is_file = single and output.lower().endswith(('.png', '.gif'))
+  directory = os.path.abspath(os.path.dirname(output) if is_file else output)
+  existing = directory
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  try:
+    if not os.path.isdir(existing):
+      raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), existing)
+    with tempfile.TemporaryFile(dir=existing):
+      pass
+  except OSError as e:
+    raise ValueError(f'--output {output}: cannot write to {directory} '
+                     f'({e.strerror or e})') from e
+
+
 def predict(checkpoint: str, output: str, *, image: str | None = None,
             audio: str | None = None, video: str | None = None, input_dir: str | None = None,
             save_maps: str | None = None, batch_size: int = 8, video_fps: float = 2.0,
@@ -211,6 +222,10 @@ def predict(checkpoint: str, output: str, *, image: str | None = None,
   OSError. `localizer` replaces loading `checkpoint` (a notebook's model)."""
   _check_arguments(image, audio, video, input_dir, output, save_maps, batch_size, video_fps,
                    max_frames)
+  if not checkpoint and localizer is None:
+    raise ValueError('--checkpoint is empty: name a training workdir, its export/ '
+                     'directory, or one step of either')
+  _check_output(output, not input_dir)
   summary = Summary()
 
   def fail(message):
@@ -276,7 +291,8 @@ class _Run:
     for item in items:
       try:
         frame = media.load_image(item.image)
-        waveform = _checked_audio(item.audio, media.load_audio(item.audio, localizer.sample_rate))
+        waveform = media.check_waveform(item.audio, media.load_audio(
+            item.audio, localizer.sample_rate, localizer.resampler))
       except media.MediaError as e:
         self.fail(str(e))
         continue
@@ -297,7 +313,7 @@ class _Run:
     """A video: one map per sampled frame, from the audio window centred on it."""
     localizer = self.localizer
     _, waveform = media.read_video(item.video, localizer.sample_rate, frame=False)
-    waveform = _checked_audio(item.video, waveform)
+    waveform = media.check_waveform(item.video, waveform)
     times, frames, images = [], [], []
     for time, frame in media.iter_frames(item.video, fps, max_frames):
       times.append(time)
