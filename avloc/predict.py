@@ -37,7 +37,7 @@ import tqdm
 from absl import app, flags, logging
 from PIL import Image
 
-from avloc import inference, visualize
+from avloc import checkpointing, inference, visualize
 from avloc.data import media
 
 _CHECKPOINT = flags.DEFINE_string(
@@ -219,7 +219,8 @@ def predict(checkpoint: str, output: str, *, image: str | None = None,
   """Localizes one image + audio pair, one video, or every input of `input_dir` (see
   the module docstring). Every bad input is passed to `report` (one line naming the
   file) and listed in the summary; argument and checkpoint errors raise ValueError /
-  OSError. `localizer` replaces loading `checkpoint` (a notebook's model)."""
+  OSError (checkpointing.CheckpointError for one that does not restore). `localizer`
+  replaces loading `checkpoint` (a notebook's model)."""
   _check_arguments(image, audio, video, input_dir, output, save_maps, batch_size, video_fps,
                    max_frames)
   if not checkpoint and localizer is None:
@@ -348,7 +349,7 @@ def main(argv):
         video=_VIDEO.value, input_dir=_INPUT_DIR.value, save_maps=_SAVE_MAPS.value,
         batch_size=_BATCH_SIZE.value, video_fps=_VIDEO_FPS.value, max_frames=_MAX_FRAMES.value,
         report=report, progress=True)
-  except (ValueError, OSError) as e:
+  except (ValueError, OSError, checkpointing.CheckpointError) as e:
     report(str(e))
     sys.exit(1)
   for path in summary.written:

@@ -18,6 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import soundfile
+from absl import flags
 from PIL import Image
 
 from avloc import (checkpointing, config as config_lib, evaluate, experiment, methods,
@@ -161,16 +162,24 @@ def test_a_crash_completes_the_checkpoint_being_written(data, tmp_path, monkeypa
 
 # 3. A corrupt latest checkpoint ------------------------------------------------------------
 
-def test_a_corrupt_latest_checkpoint_is_reported_and_resume_falls_back(data, tmp_path):
+def test_a_corrupt_latest_checkpoint_is_reported_and_resume_falls_back(
+    data, tmp_path, monkeypatch, capsys):
   workdir = tmp_path / 'run'
   _train(_config(data, max_steps=4), workdir, data)
   latest = workdir / 'checkpoints' / '4'
   for path in (latest / 'state' / 'd').iterdir():  # a disk error: array data cut short
     path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
-  with pytest.raises(checkpointing.CheckpointError) as failure:  # what avloc-predict loads
-    checkpointing.load_inference(str(workdir))
-  assert str(failure.value).startswith(f'{latest}: cannot restore this checkpoint (')
-  assert '\n' not in str(failure.value)
+  # avloc-predict on the workdir (its latest checkpoint): one line, exit status 1.
+  for name, value in (('checkpoint', str(workdir)), ('output', str(tmp_path / 'out.png')),
+                      ('image', _jpeg(tmp_path / 'a.jpg', 20, 20)),
+                      ('audio', _wav(tmp_path / 'a.wav', _tone()))):
+    monkeypatch.setattr(flags.FLAGS, name, value)
+  with pytest.raises(SystemExit) as exit_status:
+    predict.main(['avloc-predict'])
+  assert exit_status.value.code == 1
+  lines = capsys.readouterr().err.splitlines()
+  assert len(lines) == 1 and lines[0].startswith(
+      f'avloc-predict: {latest}: cannot restore this checkpoint (ValueError: ')
   logs = []
   state = _train(_config(data, max_steps=6), workdir, data, log=logs.append)
   assert int(state.step) == 6
