@@ -270,7 +270,7 @@ def test_an_evaluation_with_input_workers_leaves_no_shared_memory_behind(data, t
   del batch
   # A batch still referenced (Grain's finished prefetch threads hold their last ones in
   # reference cycles) keeps its segment until the run ends: "leaked shared_memory objects".
-  assert not [o for o in gc.get_objects() if isinstance(o, shared_memory_array.SharedMemoryArray)]
+  assert not [o for o in gc.get_objects() if type(o) is shared_memory_array.SharedMemoryArray]
 
 
 # 7. Non-finite values ----------------------------------------------------------------------
