@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import ml_collections
 
+from avloc.data import audio as audio_lib
 from avloc.models.resnet import IMAGENET_MEAN, IMAGENET_STD
 
 # Prepared splits are directories `<data.root>/<split name>` written by data_prep.
@@ -30,6 +31,10 @@ def audio_config(seconds: float) -> ml_collections.ConfigDict:
   power 2, log(x + 1e-7) / 12 -> [257, 1 + seconds * 100]."""
   return ml_collections.ConfigDict(dict(
       sample_rate=16000,
+      # How avloc-predict brings audio at other rates to sample_rate (the converters'
+      # --resampler): 'sinc_hann', the releases' torchaudio Resample (JSA
+      # dataset.py: load_spectrogram_torchaudio), or 'soxr_hq'.
+      resampler='sinc_hann',
       seconds=seconds,
       n_fft=512,
       win_length=512,
@@ -298,6 +303,8 @@ def validate(config: ml_collections.ConfigDict, method_checks: Callable | None =
          config.data.audio.win_length)
   require(config.data.num_workers >= 0, 'data.num_workers', 'must be >= 0',
          config.data.num_workers)
+  require(config.data.audio.resampler in audio_lib.RESAMPLERS, 'data.audio.resampler',
+          f'must be one of {audio_lib.RESAMPLERS}', config.data.audio.resampler)
   require(config.optim.name in ('adam', 'adamw'), 'optim.name', "must be 'adam' or 'adamw'",
          config.optim.name)
   require(config.optim.schedule in ('constant', 'cosine', 'step'), 'optim.schedule',
@@ -322,3 +329,16 @@ def validate(config: ml_collections.ConfigDict, method_checks: Callable | None =
          "must look like '<split>/<metric>'", config.eval.best_metric)
   if method_checks is not None:
     method_checks(config)
+
+
+def check_best_metric(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError unless `eval.best_metric` is empty or names a split of
+  `eval.splits` (a run that trains and evaluates picks its export by it)."""
+  splits = eval_splits(config)
+  split = config.eval.best_metric.partition('/')[0]
+  if splits and config.eval.best_metric and split not in splits:
+    raise ConfigError(
+        f'config.eval.best_metric {config.eval.best_metric!r} names the split {split!r}, '
+        f'which config.eval.splits ({config.eval.splits!r}) does not evaluate: set '
+        f"--config.eval.best_metric=<one of {', '.join(splits)}>/<metric> (or '' to export "
+        'the last evaluation)')

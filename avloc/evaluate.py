@@ -20,12 +20,14 @@ object prior alone is scored once per split as a second baseline.
 
 import csv
 import functools
+import gc
+import json
 import os
 
 import jax
 import numpy as np
 
-from avloc import convert, methods, sharding, visualize
+from avloc import convert, methods, preemption, sharding, visualize
 from avloc.data import pipeline, tfrecord
 from avloc.metrics import avsbench, grounding, localization, multisource, retrieval
 from avloc.models import object_prior
@@ -34,8 +36,13 @@ CENTER_PRIOR = 'center prior'
 OBJECT_PRIOR = 'object prior'
 OGL_SUFFIX = '+ogl'
 SWAP_SUFFIX = ':swap'
-AVSBENCH_FRAMES_PER_CLIP = 5
 _PRIOR_VARIANT = 'prior'
+
+
+def avsbench_video(record_id: str) -> str:
+  """The video of an AVSBench record: data_prep.avsbench names frame k of video V
+  `V_k`."""
+  return record_id.rsplit('_', 1)[0]
 
 
 def center_prior(size: int) -> np.ndarray:
@@ -70,14 +77,13 @@ def source_maps(gt_kind: str, batch: dict, i: int, size: int) -> np.ndarray:
 
 class _SplitScores:
   """Accumulates per-sample scores of one split for one map variant. With mask ground
-  truth it also keeps the maps for mIoU and the F-score, computed per `fscore_batch`
-  consecutive samples as AVSBench does per 5-frame video (None: over the whole split)."""
+  truth it also keeps the maps for mIoU and the F-score, computed per video (`group`) as
+  AVSBench does (one group: over the whole split)."""
 
-  def __init__(self, fscore_batch):
-    self.fscore_batch = fscore_batch
-    self.cious, self.binary, self.soft, self.masks = [], [], [], []
+  def __init__(self):
+    self.cious, self.binary, self.soft, self.masks, self.groups = [], [], [], [], []
 
-  def add(self, heatmap, gt, protocol, threshold, keep_masks) -> float:
+  def add(self, heatmap, gt, protocol, threshold, keep_masks, group=None) -> float:
     """Scores one map; returns its cIoU."""
     binary = localization.binarize(heatmap, protocol, threshold)
     self.cious.append(localization.ciou(binary, gt))
@@ -85,6 +91,7 @@ class _SplitScores:
       self.binary.append(binary)
       self.soft.append(localization.normalize_minmax(heatmap))
       self.masks.append(gt > 0)
+      self.groups.append(group)
     return self.cious[-1]
 
   def summary(self) -> dict:
@@ -93,7 +100,7 @@ class _SplitScores:
       gt = np.stack(self.masks)
       scores['miou'] = avsbench.miou(np.stack(self.binary), gt)
       scores['fscore'] = avsbench.fscore(np.stack(self.soft), gt,
-                                         batch_size=self.fscore_batch)
+                                         groups=[str(g) for g in self.groups])
     return scores
 
 
@@ -126,7 +133,9 @@ class Evaluator:
                                    out_shardings=replicated)
     self.manifests = {name: tfrecord.read_manifest(d) for name, d in split_dirs.items()}
     self.rows = {name: [] for name in split_dirs}  # (row label, metrics) per evaluation
+    self.row_steps = {name: [] for name in split_dirs}  # the step of each row (or None)
     self.last_metrics = {}
+    self.interrupt = None  # () -> bool, asked before every batch; True raises Preempted
     self.output_dir = os.path.join(workdir, 'eval')
     os.makedirs(self.output_dir, exist_ok=True)
 
@@ -137,9 +146,11 @@ class Evaluator:
       if not self.rows[split]:
         for baseline in self._baselines():
           self.rows[split].append((baseline, self._evaluate_split(baseline, split, directory)))
+          self.row_steps[split].append(None)
       label = f'{self.config.method} ' + ('(checkpoint)' if step is None else f'step {step}')
       scores = self._evaluate_split(variables, split, directory, step)
       self.rows[split].append((label, scores))
+      self.row_steps[split].append(step)
       metrics.update({f'{split}/{k}': v for k, v in scores.items()})
       self._write_split(split, step)
       self.log(self.table(split))
@@ -148,8 +159,41 @@ class Evaluator:
     self.last_metrics = metrics
     return metrics
 
+  def resume(self, step: int) -> bool:
+    """Takes back the table rows that `eval_<split>.json` holds from before a resume at
+    checkpoint `step`: the baselines and the evaluations up to `step`. Returns whether
+    every split already has its row for `step` (else the caller evaluates it again and
+    rows of `step` are dropped)."""
+    for split in self.split_dirs:
+      path = os.path.join(self.workdir, f'eval_{split}.json')
+      if not os.path.exists(path):
+        continue
+      with open(path) as f:
+        history = json.load(f).get('history', [])
+      kept = [row for row in history if row.get('model') in self._baselines() or
+              row.get('step') is not None and row['step'] <= step]
+      self.row_steps[split] = [row.pop('step', None) for row in kept]
+      self.rows[split] = [(row.pop('model'), row) for row in kept]
+    complete = all(step in steps for steps in self.row_steps.values())
+    if not complete:  # evaluated again: drop the rows of an interrupted evaluation
+      for split, steps in self.row_steps.items():
+        self.rows[split] = [r for r, s in zip(self.rows[split], steps) if s != step]
+        self.row_steps[split] = [s for s in steps if s != step]
+    return complete
+
   def _batches(self, directory):
-    return pipeline.eval_dataset(self.config, directory, batch_size=self.config.eval.batch_size)
+    """The split's batches. When the loop ends (or is left) the input workers stop, and
+    the reference cycles through which Grain's finished prefetch threads still hold their
+    last batches are collected: the batches' shared memory is freed now, not after the
+    run ("leaked shared_memory objects")."""
+    iterator = iter(pipeline.eval_dataset(self.config, directory,
+                                          batch_size=self.config.eval.batch_size))
+    try:
+      yield from iterator
+    finally:
+      iterator.close()
+      del iterator
+      gc.collect()
 
   def _baselines(self) -> list[str]:
     return [CENTER_PRIOR] + ([OBJECT_PRIOR] if self._object_trunk is not None else [])
@@ -207,11 +251,13 @@ class Evaluator:
     manifest = self.manifests[split]
     config = self.config.eval
     keep_masks = manifest.gt == tfrecord.GT_MASKS
-    fscore_batch = AVSBENCH_FRAMES_PER_CLIP if manifest.dataset == 'avsbench' else None
+    per_video = manifest.dataset == 'avsbench'
     scores, embeddings, labels, multi, visuals = {}, ([], []), [], [], []
     correlations, extended = {}, {}  # per variant: [corr], [(ciou, conf, swapped conf)]
     seen = 0
     for batch in self._batches(directory):
+      if self.interrupt is not None and self.interrupt():
+        raise preemption.Preempted(f'evaluation of {split} stopped at example {seen}')
       chosen = np.flatnonzero(batch['valid'])
       if config.max_examples:
         chosen = chosen[:max(config.max_examples - seen, 0)]
@@ -225,12 +271,13 @@ class Evaluator:
         gt_sources = source_maps(manifest.gt, batch, i, self.size)
         gt = np.clip(gt_sources.sum(0), 0, 1) if len(gt_sources) > 1 else gt_sources[0]
         maps = self._maps(outputs, i)
-        cious = {name: scores.setdefault(name, _SplitScores(fscore_batch)).add(
-            heatmap, gt, config.threshold_protocol, self.threshold, keep_masks)
+        group = avsbench_video(str(batch['id'][i])) if per_video else None
+        cious = {name: scores.setdefault(name, _SplitScores()).add(
+            heatmap, gt, config.threshold_protocol, self.threshold, keep_masks, group)
                  for name, heatmap in maps.items()}
         swapped_maps = self._maps(swapped_outputs, i) if swap and swap[1][i] else {}
         for name, heatmap in swapped_maps.items():
-          scores.setdefault(name + SWAP_SUFFIX, _SplitScores(None)).add(
+          scores.setdefault(name + SWAP_SUFFIX, _SplitScores()).add(
               heatmap, gt, config.threshold_protocol, self.threshold, False)
           correlations.setdefault(name, []).append(
               grounding.map_correlation(maps[name], heatmap))
@@ -313,7 +360,8 @@ class Evaluator:
     rows = self.rows[split]
     record = {'split': split, 'directory': self.split_dirs[split],
               'gt': self.manifests[split].gt, 'step': step,
-              'metrics': rows[-1][1], 'history': [{'model': l, **s} for l, s in rows]}
+              'metrics': rows[-1][1], 'history': [
+                  {'model': l, 'step': n, **s} for (l, s), n in zip(rows, self.row_steps[split])]}
     tfrecord.atomic_write_json(os.path.join(self.workdir, f'eval_{split}.json'), record)
     columns = sorted({k for _, scores in rows for k in scores})
     path = os.path.join(self.workdir, f'eval_{split}.csv')

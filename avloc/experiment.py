@@ -7,7 +7,7 @@ import os
 
 import ml_collections
 
-from avloc import checkpointing, config as config_lib, evaluate, methods, train
+from avloc import checkpointing, config as config_lib, evaluate, methods, sharding, train
 from avloc.data import tfrecord
 
 _CONVERTERS = {  # split-name prefix -> converter (first match)
@@ -71,6 +71,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = 'train_and_
     raise ValueError(f'a checkpoint to evaluate ({checkpoint}) needs mode eval, got {mode!r}')
   method = methods.get_method(config.method)
   config_lib.validate(config, method.check_config)
+  mesh = sharding.make_mesh()
+  if mode != 'eval':
+    sharding.check_batch_size(config.train.batch_size, mesh, 'train.batch_size')
+  if mode != 'train':
+    sharding.check_batch_size(config.eval.batch_size, mesh, 'eval.batch_size')
+  if mode == 'train_and_eval':
+    config_lib.check_best_metric(config)
   workdir = check_workdir(workdir)
   eval_names = config_lib.eval_splits(config) if mode != 'train' else []
   train_names = [config.data.train_split] if mode != 'eval' else []

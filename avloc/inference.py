@@ -50,6 +50,11 @@ class Localizer:
     return self.config.data.audio.sample_rate
 
   @property
+  def resampler(self) -> str:
+    """How audio at other rates is brought to `sample_rate` (audio.RESAMPLERS)."""
+    return self.config.data.audio.get('resampler', 'sinc_hann')
+
+  @property
   def seconds(self) -> float:
     return self.config.data.audio.seconds
 

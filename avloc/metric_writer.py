@@ -1,5 +1,6 @@
 """Where training and evaluation figures go: DIR/metrics.jsonl, TensorBoard event files,
-and progress lines on stdout. Only process 0 writes."""
+and progress lines on stdout. Only process 0 writes. A resumed run first drops what the
+interrupted one logged after its checkpoint, so no step appears twice."""
 
 import json
 import os
@@ -17,18 +18,42 @@ def format_duration(seconds: float) -> str:
   return f'{hours}h{minutes:02d}m' if hours else f'{minutes}m{seconds:02d}s'
 
 
+def _truncate_jsonl(path: str, last_step: int) -> None:
+  """Keeps the rows of metrics.jsonl up to `last_step` (atomically)."""
+  with open(path) as f:
+    kept = []
+    for line in f:
+      try:
+        if json.loads(line)['step'] <= last_step:
+          kept.append(line)
+      except (ValueError, KeyError, TypeError):  # a row cut short by a kill
+        continue
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with open(tmp, 'w') as f:
+    f.writelines(kept)
+  os.replace(tmp, path)
+
+
 class MetricWriter:
   """Appends scalars to metrics.jsonl and TensorBoard; prints progress lines."""
 
-  def __init__(self, workdir: str, total_steps: int, enabled: bool = True, stream=None):
+  def __init__(self, workdir: str, total_steps: int, enabled: bool = True, stream=None,
+               resume_step: int = 0):
+    """resume_step > 0: the run continues from that checkpoint step; rows and events of
+    later steps (logged before an interruption) are removed."""
     self.total_steps = total_steps
     self.enabled = enabled
     self.stream = stream or sys.stdout
     self._jsonl = None
     self._tensorboard = None
     if enabled:
-      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a', buffering=1)
-      self._tensorboard = tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+      path = os.path.join(workdir, 'metrics.jsonl')
+      if resume_step and os.path.exists(path):
+        _truncate_jsonl(path, resume_step)
+      self._jsonl = open(path, 'a', buffering=1)  # pylint: disable=consider-using-with
+      # purge_step: TensorBoard hides the events of steps >= it from earlier files.
+      self._tensorboard = tensorboardX.SummaryWriter(
+          os.path.join(workdir, 'tensorboard'), purge_step=resume_step + 1 if resume_step else None)
     self._last_time = None
     self._last_step = None
 

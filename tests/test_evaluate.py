@@ -207,7 +207,7 @@ def test_multisource_ground_truth_from_boxes_alone():
 
   def example(boxes, groups, masks):
     return dict(image=np.zeros((size, size, 3), np.uint8), spectrogram=np.zeros((4, 4, 1)),
-                index=0, valid=True, label=-1, num_sources=max(groups) + 1,
+                index=0, id='clip', valid=True, label=-1, num_sources=max(groups) + 1,
                 boxes=np.asarray(boxes, np.float32), box_groups=np.asarray(groups),
                 masks=masks, source_labels=np.asarray([-1] * (max(groups) + 1)))
 

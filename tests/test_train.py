@@ -14,7 +14,8 @@ import numpy as np
 import optax
 import pytest
 
-from avloc import checkpointing, config as config_lib, experiment, methods, sharding, train
+from avloc import (checkpointing, config as config_lib, experiment, methods, preemption,
+                   sharding, train)
 from avloc.data import pipeline
 from configs import jsa as jsa_config
 from tests import splits
@@ -162,42 +163,45 @@ def test_train_step_compiles_once_and_donates_the_state():
   assert int(state.step) == 3
 
 
-def _train_run(config, workdir, split_dir, interrupt_after=None):
-  """Runs train.train; optionally sends SIGTERM to itself after `interrupt_after` batches."""
+def _sigterm():
+  os.kill(os.getpid(), signal.SIGTERM)
+
+
+def train_run(config, workdir, split_dir, fault_at=None, fault=_sigterm, log=lambda _: None):
+  """Runs train.train; `fault()` (default: SIGTERM to itself, like a preemption) runs when
+  the input pipeline is asked for batch `fault_at`."""
   original = pipeline.train_dataset
 
-  def interrupting_dataset(*args, **kwargs):
+  def faulty_dataset(*args, **kwargs):
     dataset = original(*args, **kwargs)
-    if interrupt_after is None:
-      return dataset
-    return _Interrupting(dataset, interrupt_after)
+    return dataset if fault_at is None else _Faulty(dataset, fault_at, fault)
 
-  pipeline.train_dataset = interrupting_dataset
+  pipeline.train_dataset = faulty_dataset
   try:
-    return train.train(config, workdir, {config.data.train_split: split_dir}, log=lambda _: None)
+    return train.train(config, workdir, {config.data.train_split: split_dir}, log=log)
   finally:
     pipeline.train_dataset = original
 
 
-class _Interrupting:
-  """Wraps a dataset; its iterator raises SIGTERM after n batches (like a preemption)."""
+class _Faulty:
+  """Wraps a dataset; its iterator calls `fault()` when asked for batch n."""
 
-  def __init__(self, dataset, n):
-    self.dataset, self.n = dataset, n
+  def __init__(self, dataset, n, fault):
+    self.dataset, self.n, self.fault = dataset, n, fault
 
   def __iter__(self):
-    return _InterruptingIterator(iter(self.dataset), self.n)
+    return _FaultyIterator(iter(self.dataset), self.n, self.fault)
 
 
-class _InterruptingIterator:
+class _FaultyIterator:
 
-  def __init__(self, iterator, n):
-    self.iterator, self.n, self.count = iterator, n, 0
+  def __init__(self, iterator, n, fault):
+    self.iterator, self.n, self.fault, self.count = iterator, n, fault, 0
 
   def __next__(self):
     self.count += 1
     if self.count == self.n:
-      os.kill(os.getpid(), signal.SIGTERM)
+      self.fault()
     return next(self.iterator)
 
   # The bytes protocol that grain's checkpoint handler uses for non-Grain iterators.
@@ -220,12 +224,12 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
   split_dir = splits.write_split(tmp_path / 'data' / 'synthetic_train', num_examples=48,
                                  image_size=40, audio_seconds=0.5)
   config = tiny_config(max_steps=5)  # checkpoints at 2, 4 and 5; SIGTERM at 3
-  reference = _train_run(config, str(tmp_path / 'reference'), split_dir)
+  reference = train_run(config, str(tmp_path / 'reference'), split_dir)
   resumed_dir = str(tmp_path / 'resumed')
-  interrupted = _train_run(config, resumed_dir, split_dir, interrupt_after=3)
-  assert int(interrupted.step) == 3
+  with pytest.raises(preemption.Preempted, match='saved a checkpoint at step 3;'):
+    train_run(config, resumed_dir, split_dir, fault_at=3)
   assert sorted(os.listdir(os.path.join(resumed_dir, 'checkpoints'))) == ['2', '3']
-  resumed = _train_run(config, resumed_dir, split_dir)
+  resumed = train_run(config, resumed_dir, split_dir)
   assert int(resumed.step) == 5
   assert sorted(os.listdir(os.path.join(resumed_dir, 'checkpoints')))[-2:] == ['4', '5']
   assert _losses(resumed_dir) == pytest.approx(_losses(str(tmp_path / 'reference')), rel=1e-6)
@@ -291,7 +295,12 @@ def test_command_line_rejects_unknown_keys_and_bad_values(tmp_path):
         [sys.executable, '-m', 'avloc.main', '--config=configs/jsa.py:synthetic',
          f'--workdir={tmp_path}/run', *args], cwd=REPO, capture_output=True, text=True,
         timeout=120, check=False)
-  unknown = main('--config.loss.temperature=0.1')
-  assert unknown.returncode != 0 and 'temperature' in unknown.stderr
+  # One line naming the field, with ml_collections' suggestion, and nothing written.
+  unknown = main('--config.loss.lamda_div=0.1')
+  assert unknown.returncode == 1 and unknown.stderr.splitlines() == [
+      "avloc.main: --config.loss.lamda_div: config.loss has no field 'lamda_div'; "
+      'did you mean --config.loss.lambda_div?']
   bad = main('--config.loss.k=0')
-  assert bad.returncode != 0 and 'config.loss.k must be >= 1, got 0' in bad.stderr
+  assert bad.returncode == 1 and bad.stderr.splitlines()[-1:] == [
+      'avloc.main: config.loss.k must be >= 1, got 0']
+  assert not os.path.exists(tmp_path / 'run')

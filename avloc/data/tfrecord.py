@@ -225,8 +225,11 @@ def _index_path(shard_path: str) -> str:
   return shard_path[: -len('.tfrecord')] + '.index.json'
 
 
+_TMP_INFIX = '.tmp-'
+
+
 def _atomic_write_bytes(path: str, chunks: Iterable[bytes]) -> None:
-  tmp = f'{path}.tmp-{os.getpid()}'
+  tmp = f'{path}{_TMP_INFIX}{os.getpid()}'
   try:
     with open(tmp, 'wb') as f:
       for chunk in chunks:
@@ -237,6 +240,28 @@ def _atomic_write_bytes(path: str, chunks: Iterable[bytes]) -> None:
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
+
+
+def _running(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # another user's process
+    return True
+  return True
+
+
+def remove_stale_temporaries(directory: str) -> list[str]:
+  """Removes the temporary files (`<file>.tmp-<pid>`) that writers killed mid-write left
+  in `directory`, those of processes no longer running; returns their names."""
+  removed = []
+  for name in sorted(os.listdir(directory)):
+    pid = name.rpartition(_TMP_INFIX)[2]
+    if _TMP_INFIX in name and pid.isdigit() and not _running(int(pid)):
+      os.remove(os.path.join(directory, name))
+      removed.append(name)
+  return removed
 
 
 def atomic_write_json(path: str, value: Any) -> None:
