@@ -8,17 +8,20 @@ Orbax writes each step into a temporary directory and renames it when complete, 
 run killed mid-save never leaves a checkpoint that looks finished (the temporary
 directory is removed when the run restarts). A checkpoint that no longer restores
 (a corrupt file) is moved aside to `<step>.unrestorable` and training resumes from the
-newest one that does.
+newest one that does. The workdir may be a URI (gs://...; avloc.paths): Orbax and Grain
+write through epath and TensorStore, this module's own file operations through epath.
 """
 
-import os
 import sys
 
 import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.experimental.multihost_utils import sync_global_devices
+
+from avloc import paths
 
 TRAIN_DIR = 'checkpoints'
 EXPORT_DIR = 'export'
@@ -70,7 +73,7 @@ class TrainCheckpointer:
   """Periodic (asynchronous) saves of the train state, iterator state and config."""
 
   def __init__(self, workdir: str, keep: int, async_save: bool = True):
-    self.directory = os.path.join(workdir, TRAIN_DIR)
+    self.directory = str(epath.Path(workdir) / TRAIN_DIR)
     self._manager = _train_manager(self.directory, keep, async_save)
     self._saving = None  # the step of the save last started
     self._saved = self._manager.latest_step()  # the newest complete step
@@ -145,8 +148,8 @@ class TrainCheckpointer:
 
   def _move_aside(self, step: int) -> None:
     if jax.process_index() == 0:
-      path = os.path.join(self.directory, str(step))
-      os.replace(path, path + UNRESTORABLE_SUFFIX)
+      path = epath.Path(self.directory) / str(step)
+      path.rename(path.with_name(path.name + UNRESTORABLE_SUFFIX))
     if jax.process_count() > 1:
       sync_global_devices(f'avloc checkpoint {step} moved aside')
     self._manager.reload()
@@ -175,7 +178,7 @@ class Exporter:
         best_fn=(lambda metrics: metrics[best_metric]) if best_metric else None,
         best_mode='max', keep_checkpoints_without_metrics=not best_metric)
     self._manager = ocp.CheckpointManager(
-        os.path.join(workdir, EXPORT_DIR), options=options,
+        epath.Path(workdir) / EXPORT_DIR, options=options,
         item_handlers={'variables': ocp.StandardCheckpointHandler(),
                        'config': ocp.JsonCheckpointHandler()})
 
@@ -196,10 +199,10 @@ class Exporter:
     self._manager.close()
 
 
-def _step_dirs(directory: str) -> list[int]:
-  if not os.path.isdir(directory):
+def _step_dirs(directory: epath.Path) -> list[int]:
+  if not directory.is_dir():
     return []
-  return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
 
 
 def load_inference(path: str) -> tuple[ml_collections.ConfigDict, dict]:
@@ -212,26 +215,26 @@ def load_inference(path: str) -> tuple[ml_collections.ConfigDict, dict]:
   if not path:
     raise ValueError('no checkpoint given (an empty path): name a training workdir, its '
                      f'{EXPORT_DIR}/ or {TRAIN_DIR}/ directory, or one step of either')
-  path = os.path.abspath(os.path.expanduser(path))
-  if not os.path.exists(path):
+  path = paths.resolve(path)
+  if not path.exists():
     raise FileNotFoundError(f'{path}: no such checkpoint or workdir')
-  for directory in (os.path.join(path, EXPORT_DIR), path, os.path.join(path, TRAIN_DIR)):
+  for directory in (path / EXPORT_DIR, path, path / TRAIN_DIR):
     steps = _step_dirs(directory)
     if steps:
-      return _restore_step(os.path.join(directory, str(steps[-1])))
+      return _restore_step(directory / str(steps[-1]))
   return _restore_step(path)
 
 
-def _restore_step(step_dir: str) -> tuple[ml_collections.ConfigDict, dict]:
+def _restore_step(step_dir: epath.Path) -> tuple[ml_collections.ConfigDict, dict]:
   for item in ('variables', 'state'):
-    if os.path.isdir(os.path.join(step_dir, item)):
+    if (step_dir / item).is_dir():
       return _restore_item(step_dir, item)
   raise FileNotFoundError(
       f'{step_dir}: holds no avloc checkpoint (expected {EXPORT_DIR}/<step>, {TRAIN_DIR}/<step> '
       'or a step directory with variables/ or state/ and config/)')
 
 
-def _restore_item(step_dir: str, item: str) -> tuple[ml_collections.ConfigDict, dict]:
+def _restore_item(step_dir: epath.Path, item: str) -> tuple[ml_collections.ConfigDict, dict]:
   checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler(
       **{item: ocp.StandardCheckpointHandler(), 'config': ocp.JsonCheckpointHandler()}))
   _quiet_closed_loop_errors()

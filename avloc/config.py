@@ -11,10 +11,12 @@ from collections.abc import Callable
 
 import ml_collections
 
+from avloc import paths
+from avloc.constants import IMAGENET_MEAN, IMAGENET_STD
 from avloc.data import audio as audio_lib
-from avloc.models.resnet import IMAGENET_MEAN, IMAGENET_STD
 
-# Prepared splits are directories `<data.root>/<split name>` written by data_prep.
+# Prepared splits are directories `<data.root>/<split name>` written by data_prep; the
+# root may be a URI such as gs://bucket/data (avloc.paths).
 DEFAULT_DATA_ROOT = os.path.join('~', '.cache', 'avloc', 'data')
 SYNTHETIC = 'synthetic'
 # Model fields used only when localizing: evaluation takes them from the command line's
@@ -68,6 +70,9 @@ def data_config(train_split: str, audio_seconds: float) -> ml_collections.Config
       worker_buffer_size=2,
       skip_bad_records=False,  # True: skip and count corrupt records instead of failing
       synthetic=synthetic_config(),
+      # The module whose prepare(synthetic, root, splits, log) makes the splits named
+      # 'synthetic*' on first use (avloc.experiment.generate_splits).
+      synthetic_generator='data_prep.synthetic',
   ))
 
 
@@ -212,6 +217,14 @@ def eval_config(splits: str, best_metric: str) -> ml_collections.ConfigDict:
       threshold_protocol='minmax',
       threshold=0.5,
       num_visualize=8,  # samples per split drawn into the PNG grid
+      # The centre-prior baseline row: an isotropic Gaussian at the image centre whose
+      # sigma is this fraction of the side.
+      center_prior_sigma=0.25,
+      recall_at=(1, 5, 10),  # K of the Recall@K columns (K larger than a split: left out)
+      # NoPrior object masks drawn by avloc-predict and notebooks (Localizer.render):
+      # pixels whose calibrated object score exceeds it; 0.5 is R_p > R_n, Algorithm 1's
+      # sound-making region (models/noprior.py: object_maps).
+      object_threshold=0.5,
       best_metric=best_metric,  # '<split>/<metric>' that selects the best export
       max_examples=0,  # > 0 evaluates only the first examples of each split
       # Also localize every image with the audio of a clip of another class: audio-swap
@@ -256,8 +269,27 @@ def with_saved_model(config: ml_collections.ConfigDict,
   return ml_collections.ConfigDict(merged)
 
 
+def _fill(values: dict, defaults: dict) -> None:
+  for key, default in defaults.items():
+    if key not in values:
+      values[key] = default
+    elif isinstance(default, dict) and isinstance(values[key], dict):
+      _fill(values[key], default)
+
+
+def with_defaults(saved: dict | ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A checkpoint's saved config with the `data.audio` and `eval` fields added to avloc
+  since it was written, at their defaults (`audio_config`, `eval_config`); what the
+  checkpoint holds is kept."""
+  values = saved.to_dict() if isinstance(saved, ml_collections.ConfigDict) else dict(saved)
+  _fill(values, {'data': {'audio': audio_config(values['data']['audio']['seconds']).to_dict()},
+                 'eval': eval_config('', '').to_dict()})
+  return ml_collections.ConfigDict(values)
+
+
 def resolve_data_root(config: ml_collections.ConfigDict) -> str:
-  return os.path.abspath(os.path.expanduser(config.data.root))
+  """`config.data.root` made absolute (`~` expanded); a URI (gs://...) as it is."""
+  return str(paths.resolve(config.data.root))
 
 
 def eval_splits(config: ml_collections.ConfigDict) -> list[str]:

@@ -21,13 +21,14 @@ object prior alone is scored once per split as a second baseline.
 import csv
 import functools
 import gc
+import io
 import json
-import os
 
 import jax
 import numpy as np
+from etils import epath
 
-from avloc import convert, methods, preemption, sharding, visualize
+from avloc import methods, paths, preemption, sharding, visualize, weights
 from avloc.data import pipeline, tfrecord
 from avloc.metrics import avsbench, grounding, localization, multisource, retrieval
 from avloc.models import object_prior
@@ -45,10 +46,11 @@ def avsbench_video(record_id: str) -> str:
   return record_id.rsplit('_', 1)[0]
 
 
-def center_prior(size: int) -> np.ndarray:
-  """[size, size] isotropic Gaussian centred on the image (sigma = size / 4)."""
+def center_prior(size: int, sigma: float) -> np.ndarray:
+  """[size, size] isotropic Gaussian centred on the image (sigma: a fraction of the side,
+  `config.eval.center_prior_sigma`)."""
   axis = (np.arange(size) + 0.5) / size - 0.5
-  return np.exp(-(axis[:, None] ** 2 + axis[None, :] ** 2) / (2 * 0.25**2)).astype(np.float32)
+  return np.exp(-(axis[:, None] ** 2 + axis[None, :] ** 2) / (2 * sigma**2)).astype(np.float32)
 
 
 def source_maps(gt_kind: str, batch: dict, i: int, size: int) -> np.ndarray:
@@ -127,17 +129,18 @@ class Evaluator:
     guidance = config.eval.object_guidance
     self._object_trunk = None
     if guidance.weights:
-      self._object_trunk = convert.load_image_trunk(guidance.weights)
+      self._object_trunk = weights.load_image_trunk(guidance.weights)
       self._object_prior = jax.jit(object_prior.object_prior_maps,
                                    in_shardings=(replicated, batched),
                                    out_shardings=replicated)
     self.manifests = {name: tfrecord.read_manifest(d) for name, d in split_dirs.items()}
     self.rows = {name: [] for name in split_dirs}  # (row label, metrics) per evaluation
     self.row_steps = {name: [] for name in split_dirs}  # the step of each row (or None)
+    self.retrieval_chance = {}  # split -> {k: Recall@k of a random ranking}
     self.last_metrics = {}
     self.interrupt = None  # () -> bool, asked before every batch; True raises Preempted
-    self.output_dir = os.path.join(workdir, 'eval')
-    os.makedirs(self.output_dir, exist_ok=True)
+    self.output_dir = epath.Path(workdir) / 'eval'
+    self.output_dir.mkdir(parents=True, exist_ok=True)
 
   def evaluate(self, variables, step: int | None, writer) -> dict[str, float]:
     """Scores `variables` on every split; returns {'<split>/<variant>/<metric>': value}."""
@@ -165,11 +168,10 @@ class Evaluator:
     every split already has its row for `step` (else the caller evaluates it again and
     rows of `step` are dropped)."""
     for split in self.split_dirs:
-      path = os.path.join(self.workdir, f'eval_{split}.json')
-      if not os.path.exists(path):
+      path = epath.Path(self.workdir) / f'eval_{split}.json'
+      if not path.exists():
         continue
-      with open(path) as f:
-        history = json.load(f).get('history', [])
+      history = json.loads(path.read_text()).get('history', [])
       kept = [row for row in history if row.get('model') in self._baselines() or
               row.get('step') is not None and row['step'] <= step]
       self.row_steps[split] = [row.pop('step', None) for row in kept]
@@ -204,7 +206,7 @@ class Evaluator:
     outputs carry the object prior maps [B, H, W] as 'object_prior'. `audio_order` [B]
     pairs image i with the audio of sample audio_order[i]."""
     if model == CENTER_PRIOR:
-      heatmap = center_prior(self.size)
+      heatmap = center_prior(self.size, self.config.eval.center_prior_sigma)
       return {'heatmaps': {_PRIOR_VARIANT: np.broadcast_to(
           heatmap, (len(batch['index']),) + heatmap.shape)}}
     spectrogram = batch['spectrogram']
@@ -308,9 +310,10 @@ class Evaluator:
       result.update({f'{name}/{k}': v for k, v in grounding.extended_protocol(
           *np.asarray(entries).T).items()})
     if labels and min(labels) >= 0:
-      ks = tuple(k for k in (1, 5, 10) if k <= len(labels))  # R@K needs K <= gallery
+      ks = tuple(k for k in config.recall_at if k <= len(labels))  # R@K needs K <= gallery
       result.update({f'retrieval/{k}': v for k, v in retrieval.recall_at_k(
           np.stack(embeddings[0]), np.stack(embeddings[1]), np.asarray(labels), ks).items()})
+      self.retrieval_chance[split] = retrieval.chance_recall_at_k(np.asarray(labels), ks)
     if multi:
       if manifest.gt == tfrecord.GT_MULTISOURCE:
         summary = multisource.summarize_multisource(multi)
@@ -337,7 +340,7 @@ class Evaluator:
       rows.append(row)
     if rows:
       name = f'{split}_step{step}.png' if step is not None else f'{split}_checkpoint.png'
-      visualize.save_png(os.path.join(self.output_dir, name), visualize.grid(rows))
+      visualize.save_png(self.output_dir / name, visualize.grid(rows))
 
   def table(self, split: str) -> str:
     """The split's rows in percent, paper style: the centre prior, then for every
@@ -354,23 +357,29 @@ class Evaluator:
       values = [f'{100 * cells[c]:.2f}' if c in cells else '-' for c in columns]
       lines.append(' | '.join([label.ljust(widths[0])] + [
           v.rjust(w) for v, w in zip(values, widths[1:])]))
+    if split in self.retrieval_chance:  # Recall@K is class-level: chance is far above 1/N
+      lines.append('retrieval chance (a random ranking, this split\'s class frequencies): ' +
+                   ', '.join(f'R@{k} {100 * v:.2f}'
+                             for k, v in self.retrieval_chance[split].items()))
     return '\n'.join(lines)
 
   def _write_split(self, split, step):
     rows = self.rows[split]
     record = {'split': split, 'directory': self.split_dirs[split],
               'gt': self.manifests[split].gt, 'step': step,
+              'retrieval_chance': {f'r{k}': v for k, v in self.retrieval_chance.get(
+                  split, {}).items()},
               'metrics': rows[-1][1], 'history': [
                   {'model': l, 'step': n, **s} for (l, s), n in zip(rows, self.row_steps[split])]}
-    tfrecord.atomic_write_json(os.path.join(self.workdir, f'eval_{split}.json'), record)
+    workdir = epath.Path(self.workdir)
+    tfrecord.atomic_write_json(workdir / f'eval_{split}.json', record)
     columns = sorted({k for _, scores in rows for k in scores})
-    path = os.path.join(self.workdir, f'eval_{split}.csv')
-    with open(path + '.tmp', 'w', newline='') as f:
-      out = csv.writer(f)
-      out.writerow(['model'] + columns)
-      for label, scores in rows:
-        out.writerow([label] + [scores.get(c, '') for c in columns])
-    os.replace(path + '.tmp', path)
+    table = io.StringIO(newline='')
+    out = csv.writer(table)
+    out.writerow(['model'] + columns)
+    for label, scores in rows:
+      out.writerow([label] + [scores.get(c, '') for c in columns])
+    paths.write_bytes_atomic(workdir / f'eval_{split}.csv', [table.getvalue().encode('utf-8')])
 
 
 def _table_rows(label: str, scores: dict) -> list[tuple[str, dict]]:

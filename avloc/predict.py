@@ -33,11 +33,10 @@ import zipfile
 from collections.abc import Callable
 
 import numpy as np
-import tqdm
 from absl import app, flags, logging
 from PIL import Image
 
-from avloc import checkpointing, inference, visualize
+from avloc import checkpointing, inference, progress, visualize
 from avloc.data import media
 
 _CHECKPOINT = flags.DEFINE_string(
@@ -215,12 +214,13 @@ def predict(checkpoint: str, output: str, *, image: str | None = None,
             audio: str | None = None, video: str | None = None, input_dir: str | None = None,
             save_maps: str | None = None, batch_size: int = 8, video_fps: float = 2.0,
             max_frames: int = 60, localizer: inference.Localizer | None = None,
-            report=print, progress: bool = False) -> Summary:
+            report=print, show_progress: bool = False) -> Summary:
   """Localizes one image + audio pair, one video, or every input of `input_dir` (see
   the module docstring). Every bad input is passed to `report` (one line naming the
   file) and listed in the summary; argument and checkpoint errors raise ValueError /
   OSError (checkpointing.CheckpointError for one that does not restore). `localizer`
-  replaces loading `checkpoint` (a notebook's model)."""
+  replaces loading `checkpoint` (a notebook's model). With `show_progress` and several
+  inputs, a progress line (avloc.progress) goes to stderr after every model call."""
   _check_arguments(image, audio, video, input_dir, output, save_maps, batch_size, video_fps,
                    max_frames)
   if not checkpoint and localizer is None:
@@ -242,20 +242,27 @@ def predict(checkpoint: str, output: str, *, image: str | None = None,
     items = [Item(os.path.basename(path), image=image, audio=audio, video=video)]
   localizer = localizer or inference.Localizer.from_checkpoint(checkpoint)
   run = _Run(localizer, output, not input_dir, batch_size, _MapsWriter(save_maps), summary, fail)
+  lines = progress.Progress('inputs done', len(items), 'inputs')
+  finished = 0
+
+  def advance(count):
+    nonlocal finished
+    finished += count
+    if show_progress and not run.single:
+      print(lines.line(finished), file=sys.stderr, flush=True)
+
   done = False
   try:
-    with tqdm.tqdm(total=len(items), unit='input', disable=run.single or not progress,
-                   file=sys.stderr) as bar:
-      pairs = [item for item in items if not item.video]
-      for start in range(0, len(pairs), batch_size):
-        run.pairs(pairs[start:start + batch_size])
-        bar.update(len(pairs[start:start + batch_size]))
-      for item in (item for item in items if item.video):
-        try:
-          run.video(item, video_fps, max_frames)
-        except media.MediaError as e:
-          fail(str(e))
-        bar.update(1)
+    pairs = [item for item in items if not item.video]
+    for start in range(0, len(pairs), batch_size):
+      run.pairs(pairs[start:start + batch_size])
+      advance(len(pairs[start:start + batch_size]))
+    for item in (item for item in items if item.video):
+      try:
+        run.video(item, video_fps, max_frames)
+      except media.MediaError as e:
+        fail(str(e))
+      advance(1)
     done = True
   finally:
     if run.writer.close(keep=done):
@@ -306,7 +313,7 @@ class _Run:
     for i, (item, frame, _, _) in enumerate(loaded):
       prediction = inference.sample(outputs, i)
       path = self._output_path(item)
-      visualize.save_png(path, inference.render(frame, prediction, max_side=PNG_SIDE))
+      visualize.save_png(path, localizer.render(frame, prediction, max_side=PNG_SIDE))
       self.writer.add(self._prefix(item), map_arrays(prediction))
       self.summary.written.append(path)
 
@@ -325,7 +332,7 @@ class _Run:
     outputs = localizer.localize_inputs(
         np.stack(images), np.stack([localizer.prepare_audio(w) for w in windows]),
         self.batch_size)
-    animation = [inference.render(frame, inference.sample(outputs, i), f't={time:.1f}s',
+    animation = [localizer.render(frame, inference.sample(outputs, i), f't={time:.1f}s',
                                   GIF_SIDE) for i, (time, frame) in enumerate(zip(times, frames))]
     path = self._output_path(item)
     _save_gif(path, animation, fps)
@@ -341,14 +348,14 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
 
   def report(message):
-    tqdm.tqdm.write(f'avloc-predict: {message}', file=sys.stderr)
+    print(f'avloc-predict: {message}', file=sys.stderr, flush=True)
 
   try:
     summary = predict(
         _CHECKPOINT.value, _OUTPUT.value, image=_IMAGE.value, audio=_AUDIO.value,
         video=_VIDEO.value, input_dir=_INPUT_DIR.value, save_maps=_SAVE_MAPS.value,
         batch_size=_BATCH_SIZE.value, video_fps=_VIDEO_FPS.value, max_frames=_MAX_FRAMES.value,
-        report=report, progress=True)
+        report=report, show_progress=True)
   except (ValueError, OSError, checkpointing.CheckpointError) as e:
     report(str(e))
     sys.exit(1)

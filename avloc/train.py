@@ -16,8 +16,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from avloc import (checkpointing, config as config_lib, convert, methods, metric_writer,
-                   preemption, sharding)
+from avloc import (checkpointing, config as config_lib, methods, metric_writer, preemption,
+                   sharding, weights)
 from avloc.data import audio as audio_lib
 from avloc.data import pipeline, tfrecord
 
@@ -83,7 +83,7 @@ def create_train_state(config, model, tx, mesh) -> TrainState:
   image trunk starts from `config.model_init.image_trunk` (ImageNet weights) when set."""
   shapes = input_shapes(config, 2, train=True)
   trunk_path = config.model_init.image_trunk
-  trunk = convert.load_image_trunk(trunk_path) if trunk_path else None
+  trunk = weights.load_image_trunk(trunk_path) if trunk_path else None
 
   def init(params_rng, rng, trunk):
     mask_rng, state_rng = jax.random.split(rng)
@@ -93,7 +93,7 @@ def create_train_state(config, model, tx, mesh) -> TrainState:
         jnp.zeros(shapes['spectrogram'].shape, jnp.float32), train=True)
     params, batch_stats = variables['params'], variables.get('batch_stats', {})
     if trunk is not None:
-      params, batch_stats = convert.merge_image_trunk(params, batch_stats, trunk)
+      params, batch_stats = weights.merge_image_trunk(params, batch_stats, trunk)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                       opt_state=tx.init(params), rng=state_rng)
 

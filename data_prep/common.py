@@ -13,7 +13,6 @@ import io
 import json
 import multiprocessing
 import os
-import time
 import warnings
 from collections.abc import Sequence
 
@@ -21,6 +20,7 @@ import numpy as np
 from absl import flags
 from PIL import Image
 
+from avloc import progress
 from avloc.data import audio as audio_lib
 from avloc.data import image as image_lib
 from avloc.data import media, tfrecord
@@ -157,15 +157,13 @@ def convert(clips: Sequence[Clip], output_dir: str, *, dataset: str, split: str,
   todo = [s for s, info in enumerate(infos) if info is None]
   if len(todo) < num_shards:
     log(f'{split}: {num_shards - len(todo)} of {num_shards} shards already written; resuming.')
-  start, done = time.time(), 0
+  done, shards = 0, progress.Progress(f'{split}: shards written', len(todo), 'shards')
   workers = min(num_workers or os.cpu_count() or 1, max(len(todo), 1))
 
   def finished(shard, info):
     nonlocal done
     infos[shard], done = info, done + 1
-    elapsed = time.time() - start
-    log(f'{split}: shard {done}/{len(todo)} written '
-        f'({elapsed:.0f}s, ETA {elapsed / done * (len(todo) - done):.0f}s)')
+    log(shards.line(done))
 
   jobs = {s: (paths[s], [clips[i] for i in chunks[s]], options) for s in todo}
   if workers == 1:

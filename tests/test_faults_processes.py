@@ -191,7 +191,7 @@ def test_a_killed_converter_takes_its_workers_along_and_a_rerun_cleans_up(tmp_pa
   run = _Process([sys.executable, '-m', 'data_prep.vggss', f'--input_dir={raw}',
                   f'--output_dir={out}', '--num_workers=2', '--num_shards=8',
                   '--audio_seconds=1'])
-  run.wait_for(r'shard 1/8 written')
+  run.wait_for(r'shards written 1/8')
   workers = [p for p in _children(run.pid) if _running(p)]
   run.popen.send_signal(signal.SIGKILL)
   run.finish()

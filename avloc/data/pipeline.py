@@ -24,6 +24,7 @@ import grain
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 
 from avloc.data import audio as audio_lib
 from avloc.data import image as image_lib
@@ -35,8 +36,8 @@ class RecordSource:
   iterate over indices and read inside their transforms, so a corrupt record is
   reported (or skipped) like any other bad record."""
 
-  def __init__(self, split_dir: str):
-    self.split_dir = split_dir
+  def __init__(self, split_dir: epath.PathLike):
+    self.split_dir = str(split_dir)  # a str pickles into worker processes as it is
     self.manifest = tfrecord.read_manifest(split_dir)
     self._locations = [(shard.file, offset) for shard in self.manifest.shards
                        for offset in shard.offsets]
@@ -48,16 +49,16 @@ class RecordSource:
 
   def location(self, index: int) -> str:
     file, offset = self._locations[index]
-    return f'{os.path.join(self.split_dir, file)} (record {index}, byte {offset})'
+    return f'{epath.Path(self.split_dir) / file} (record {index}, byte {offset})'
 
   def read(self, index: int) -> bytes:
     file, offset = self._locations[index]
-    path = os.path.join(self.split_dir, file)
+    path = epath.Path(self.split_dir) / file
     with self._lock:  # file handles are per process (opened lazily, after fork)
       key = (os.getpid(), file)
       if key not in self._files:
-        self._files[key] = open(path, 'rb')  # pylint: disable=consider-using-with
-      return tfrecord.read_record_at(self._files[key], offset, path)
+        self._files[key] = path.open('rb')  # pylint: disable=consider-using-with
+      return tfrecord.read_record_at(self._files[key], offset, str(path))
 
   def __getstate__(self):
     state = dict(self.__dict__)

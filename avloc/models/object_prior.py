@@ -10,8 +10,9 @@ the JSA release's `test_model.py` builds the same model). The blend itself is
 import flax.linen as nn
 import jax.numpy as jnp
 
+from avloc.constants import IMAGENET_MEAN, IMAGENET_STD
 from avloc.models import maps
-from avloc.models.resnet import IMAGENET_MEAN, IMAGENET_STD, ResNet18, normalize_pixels
+from avloc.models.resnet import ResNet18, normalize_pixels
 
 
 class ObjectSaliency(nn.Module):
