@@ -18,7 +18,7 @@ from avloc.models.resnet import ResNet18, normalize_pixels
 class ObjectSaliency(nn.Module):
   """uint8 image [B, H, W, 3] -> saliency [B, h, w] = mean_c |ResNet18(image)[..., c]|.
 
-  The trunk is frozen ImageNet weights (`avloc.convert.load_image_trunk`), run with its
+  The trunk is frozen ImageNet weights (`avloc.weights.load_image_trunk`), run with its
   BatchNorm running statistics.
   """
 
