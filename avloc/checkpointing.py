@@ -41,21 +41,29 @@ def _reason(error: BaseException) -> str:
 
 
 def _quiet_closed_loop_errors() -> None:
-  """When a restore fails, TensorStore reads still in flight complete into the event loop
-  that Orbax has already closed, and Python prints each 'Event loop is closed' error as
-  unraisable (dozens of tracebacks). Installed before restoring, this drops exactly
-  those; other unraisable errors still show."""
-  previous = sys.unraisablehook
-  if getattr(previous, 'avloc_quiet', False):
+  """When a restore or a save fails, TensorStore operations still in flight complete into
+  the event loop that Orbax has already closed, and Python prints each 'Event loop is
+  closed' error (dozens of tracebacks): as unraisable, or through sys.excepthook when
+  TensorStore's thread prints it. Installed once, this drops exactly those; other errors
+  still show."""
+  if getattr(sys.unraisablehook, 'avloc_quiet', False):
     return
 
-  def hook(unraisable):
-    error = unraisable.exc_value
-    if not (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'):
-      previous(unraisable)
+  def closed_loop(error) -> bool:
+    return isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'
 
-  hook.avloc_quiet = True
-  sys.unraisablehook = hook
+  previous_unraisable, previous_except = sys.unraisablehook, sys.excepthook
+
+  def unraisable_hook(unraisable):
+    if not closed_loop(unraisable.exc_value):
+      previous_unraisable(unraisable)
+
+  def except_hook(kind, error, traceback):
+    if not closed_loop(error):
+      previous_except(kind, error, traceback)
+
+  unraisable_hook.avloc_quiet = True
+  sys.unraisablehook, sys.excepthook = unraisable_hook, except_hook
 
 
 def _train_manager(directory: str, keep: int, async_save: bool) -> ocp.CheckpointManager:
@@ -77,6 +85,7 @@ class TrainCheckpointer:
     self._manager = _train_manager(self.directory, keep, async_save)
     self._saving = None  # the step of the save last started
     self._saved = self._manager.latest_step()  # the newest complete step
+    _quiet_closed_loop_errors()
 
   @property
   def latest_step(self) -> int | None:
@@ -123,7 +132,6 @@ class TrainCheckpointer:
     steps = sorted(self._manager.all_steps(), reverse=True)
     if not steps:
       raise CheckpointError(f'{self.directory}: holds no checkpoint')
-    _quiet_closed_loop_errors()
     for step in steps:
       try:
         restored = self._manager.restore(step, args=ocp.args.Composite(
