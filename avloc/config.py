@@ -11,9 +11,12 @@ from collections.abc import Callable
 
 import ml_collections
 
-from avloc.models.resnet import IMAGENET_MEAN, IMAGENET_STD
+from avloc import paths
+from avloc.constants import IMAGENET_MEAN, IMAGENET_STD
+from avloc.data import audio as audio_lib
 
-# Prepared splits are directories `<data.root>/<split name>` written by data_prep.
+# Prepared splits are directories `<data.root>/<split name>` written by data_prep; the
+# root may be a URI such as gs://bucket/data (avloc.paths).
 DEFAULT_DATA_ROOT = os.path.join('~', '.cache', 'avloc', 'data')
 SYNTHETIC = 'synthetic'
 # Model fields used only when localizing: evaluation takes them from the command line's
@@ -30,6 +33,10 @@ def audio_config(seconds: float) -> ml_collections.ConfigDict:
   power 2, log(x + 1e-7) / 12 -> [257, 1 + seconds * 100]."""
   return ml_collections.ConfigDict(dict(
       sample_rate=16000,
+      # How avloc-predict brings audio at other rates to sample_rate (the converters'
+      # --resampler): 'sinc_hann', the releases' torchaudio Resample (JSA
+      # dataset.py: load_spectrogram_torchaudio), or 'soxr_hq'.
+      resampler='sinc_hann',
       seconds=seconds,
       n_fft=512,
       win_length=512,
@@ -63,6 +70,9 @@ def data_config(train_split: str, audio_seconds: float) -> ml_collections.Config
       worker_buffer_size=2,
       skip_bad_records=False,  # True: skip and count corrupt records instead of failing
       synthetic=synthetic_config(),
+      # The module whose prepare(synthetic, root, splits, log) makes the splits named
+      # 'synthetic*' on first use (avloc.experiment.generate_splits).
+      synthetic_generator='data_prep.synthetic',
   ))
 
 
@@ -207,6 +217,14 @@ def eval_config(splits: str, best_metric: str) -> ml_collections.ConfigDict:
       threshold_protocol='minmax',
       threshold=0.5,
       num_visualize=8,  # samples per split drawn into the PNG grid
+      # The centre-prior baseline row: an isotropic Gaussian at the image centre whose
+      # sigma is this fraction of the side.
+      center_prior_sigma=0.25,
+      recall_at=(1, 5, 10),  # K of the Recall@K columns (K larger than a split: left out)
+      # NoPrior object masks drawn by avloc-predict and notebooks (Localizer.render):
+      # pixels whose calibrated object score exceeds it; 0.5 is R_p > R_n, Algorithm 1's
+      # sound-making region (models/noprior.py: object_maps).
+      object_threshold=0.5,
       best_metric=best_metric,  # '<split>/<metric>' that selects the best export
       max_examples=0,  # > 0 evaluates only the first examples of each split
       # Also localize every image with the audio of a clip of another class: audio-swap
@@ -251,8 +269,27 @@ def with_saved_model(config: ml_collections.ConfigDict,
   return ml_collections.ConfigDict(merged)
 
 
+def _fill(values: dict, defaults: dict) -> None:
+  for key, default in defaults.items():
+    if key not in values:
+      values[key] = default
+    elif isinstance(default, dict) and isinstance(values[key], dict):
+      _fill(values[key], default)
+
+
+def with_defaults(saved: dict | ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A checkpoint's saved config with the `data.audio` and `eval` fields added to avloc
+  since it was written, at their defaults (`audio_config`, `eval_config`); what the
+  checkpoint holds is kept."""
+  values = saved.to_dict() if isinstance(saved, ml_collections.ConfigDict) else dict(saved)
+  _fill(values, {'data': {'audio': audio_config(values['data']['audio']['seconds']).to_dict()},
+                 'eval': eval_config('', '').to_dict()})
+  return ml_collections.ConfigDict(values)
+
+
 def resolve_data_root(config: ml_collections.ConfigDict) -> str:
-  return os.path.abspath(os.path.expanduser(config.data.root))
+  """`config.data.root` made absolute (`~` expanded); a URI (gs://...) as it is."""
+  return str(paths.resolve(config.data.root))
 
 
 def eval_splits(config: ml_collections.ConfigDict) -> list[str]:
@@ -298,6 +335,8 @@ def validate(config: ml_collections.ConfigDict, method_checks: Callable | None =
          config.data.audio.win_length)
   require(config.data.num_workers >= 0, 'data.num_workers', 'must be >= 0',
          config.data.num_workers)
+  require(config.data.audio.resampler in audio_lib.RESAMPLERS, 'data.audio.resampler',
+          f'must be one of {audio_lib.RESAMPLERS}', config.data.audio.resampler)
   require(config.optim.name in ('adam', 'adamw'), 'optim.name', "must be 'adam' or 'adamw'",
          config.optim.name)
   require(config.optim.schedule in ('constant', 'cosine', 'step'), 'optim.schedule',
@@ -322,3 +361,16 @@ def validate(config: ml_collections.ConfigDict, method_checks: Callable | None =
          "must look like '<split>/<metric>'", config.eval.best_metric)
   if method_checks is not None:
     method_checks(config)
+
+
+def check_best_metric(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError unless `eval.best_metric` is empty or names a split of
+  `eval.splits` (a run that trains and evaluates picks its export by it)."""
+  splits = eval_splits(config)
+  split = config.eval.best_metric.partition('/')[0]
+  if splits and config.eval.best_metric and split not in splits:
+    raise ConfigError(
+        f'config.eval.best_metric {config.eval.best_metric!r} names the split {split!r}, '
+        f'which config.eval.splits ({config.eval.splits!r}) does not evaluate: set '
+        f"--config.eval.best_metric=<one of {', '.join(splits)}>/<metric> (or '' to export "
+        'the last evaluation)')

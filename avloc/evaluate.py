@@ -20,12 +20,15 @@ object prior alone is scored once per split as a second baseline.
 
 import csv
 import functools
-import os
+import gc
+import io
+import json
 
 import jax
 import numpy as np
+from etils import epath
 
-from avloc import convert, methods, sharding, visualize
+from avloc import methods, paths, preemption, sharding, visualize, weights
 from avloc.data import pipeline, tfrecord
 from avloc.metrics import avsbench, grounding, localization, multisource, retrieval
 from avloc.models import object_prior
@@ -34,14 +37,20 @@ CENTER_PRIOR = 'center prior'
 OBJECT_PRIOR = 'object prior'
 OGL_SUFFIX = '+ogl'
 SWAP_SUFFIX = ':swap'
-AVSBENCH_FRAMES_PER_CLIP = 5
 _PRIOR_VARIANT = 'prior'
 
 
-def center_prior(size: int) -> np.ndarray:
-  """[size, size] isotropic Gaussian centred on the image (sigma = size / 4)."""
+def avsbench_video(record_id: str) -> str:
+  """The video of an AVSBench record: data_prep.avsbench names frame k of video V
+  `V_k`."""
+  return record_id.rsplit('_', 1)[0]
+
+
+def center_prior(size: int, sigma: float) -> np.ndarray:
+  """[size, size] isotropic Gaussian centred on the image (sigma: a fraction of the side,
+  `config.eval.center_prior_sigma`)."""
   axis = (np.arange(size) + 0.5) / size - 0.5
-  return np.exp(-(axis[:, None] ** 2 + axis[None, :] ** 2) / (2 * 0.25**2)).astype(np.float32)
+  return np.exp(-(axis[:, None] ** 2 + axis[None, :] ** 2) / (2 * sigma**2)).astype(np.float32)
 
 
 def source_maps(gt_kind: str, batch: dict, i: int, size: int) -> np.ndarray:
@@ -70,14 +79,13 @@ def source_maps(gt_kind: str, batch: dict, i: int, size: int) -> np.ndarray:
 
 class _SplitScores:
   """Accumulates per-sample scores of one split for one map variant. With mask ground
-  truth it also keeps the maps for mIoU and the F-score, computed per `fscore_batch`
-  consecutive samples as AVSBench does per 5-frame video (None: over the whole split)."""
+  truth it also keeps the maps for mIoU and the F-score, computed per video (`group`) as
+  AVSBench does (one group: over the whole split)."""
 
-  def __init__(self, fscore_batch):
-    self.fscore_batch = fscore_batch
-    self.cious, self.binary, self.soft, self.masks = [], [], [], []
+  def __init__(self):
+    self.cious, self.binary, self.soft, self.masks, self.groups = [], [], [], [], []
 
-  def add(self, heatmap, gt, protocol, threshold, keep_masks) -> float:
+  def add(self, heatmap, gt, protocol, threshold, keep_masks, group=None) -> float:
     """Scores one map; returns its cIoU."""
     binary = localization.binarize(heatmap, protocol, threshold)
     self.cious.append(localization.ciou(binary, gt))
@@ -85,6 +93,7 @@ class _SplitScores:
       self.binary.append(binary)
       self.soft.append(localization.normalize_minmax(heatmap))
       self.masks.append(gt > 0)
+      self.groups.append(group)
     return self.cious[-1]
 
   def summary(self) -> dict:
@@ -93,7 +102,7 @@ class _SplitScores:
       gt = np.stack(self.masks)
       scores['miou'] = avsbench.miou(np.stack(self.binary), gt)
       scores['fscore'] = avsbench.fscore(np.stack(self.soft), gt,
-                                         batch_size=self.fscore_batch)
+                                         groups=[str(g) for g in self.groups])
     return scores
 
 
@@ -120,15 +129,18 @@ class Evaluator:
     guidance = config.eval.object_guidance
     self._object_trunk = None
     if guidance.weights:
-      self._object_trunk = convert.load_image_trunk(guidance.weights)
+      self._object_trunk = weights.load_image_trunk(guidance.weights)
       self._object_prior = jax.jit(object_prior.object_prior_maps,
                                    in_shardings=(replicated, batched),
                                    out_shardings=replicated)
     self.manifests = {name: tfrecord.read_manifest(d) for name, d in split_dirs.items()}
     self.rows = {name: [] for name in split_dirs}  # (row label, metrics) per evaluation
+    self.row_steps = {name: [] for name in split_dirs}  # the step of each row (or None)
+    self.retrieval_chance = {}  # split -> {k: Recall@k of a random ranking}
     self.last_metrics = {}
-    self.output_dir = os.path.join(workdir, 'eval')
-    os.makedirs(self.output_dir, exist_ok=True)
+    self.interrupt = None  # () -> bool, asked before every batch; True raises Preempted
+    self.output_dir = epath.Path(workdir) / 'eval'
+    self.output_dir.mkdir(parents=True, exist_ok=True)
 
   def evaluate(self, variables, step: int | None, writer) -> dict[str, float]:
     """Scores `variables` on every split; returns {'<split>/<variant>/<metric>': value}."""
@@ -137,9 +149,11 @@ class Evaluator:
       if not self.rows[split]:
         for baseline in self._baselines():
           self.rows[split].append((baseline, self._evaluate_split(baseline, split, directory)))
+          self.row_steps[split].append(None)
       label = f'{self.config.method} ' + ('(checkpoint)' if step is None else f'step {step}')
       scores = self._evaluate_split(variables, split, directory, step)
       self.rows[split].append((label, scores))
+      self.row_steps[split].append(step)
       metrics.update({f'{split}/{k}': v for k, v in scores.items()})
       self._write_split(split, step)
       self.log(self.table(split))
@@ -148,8 +162,40 @@ class Evaluator:
     self.last_metrics = metrics
     return metrics
 
+  def resume(self, step: int) -> bool:
+    """Takes back the table rows that `eval_<split>.json` holds from before a resume at
+    checkpoint `step`: the baselines and the evaluations up to `step`. Returns whether
+    every split already has its row for `step` (else the caller evaluates it again and
+    rows of `step` are dropped)."""
+    for split in self.split_dirs:
+      path = epath.Path(self.workdir) / f'eval_{split}.json'
+      if not path.exists():
+        continue
+      history = json.loads(path.read_text()).get('history', [])
+      kept = [row for row in history if row.get('model') in self._baselines() or
+              row.get('step') is not None and row['step'] <= step]
+      self.row_steps[split] = [row.pop('step', None) for row in kept]
+      self.rows[split] = [(row.pop('model'), row) for row in kept]
+    complete = all(step in steps for steps in self.row_steps.values())
+    if not complete:  # evaluated again: drop the rows of an interrupted evaluation
+      for split, steps in self.row_steps.items():
+        self.rows[split] = [r for r, s in zip(self.rows[split], steps) if s != step]
+        self.row_steps[split] = [s for s in steps if s != step]
+    return complete
+
   def _batches(self, directory):
-    return pipeline.eval_dataset(self.config, directory, batch_size=self.config.eval.batch_size)
+    """The split's batches. When the loop ends (or is left) the input workers stop, and
+    the reference cycles through which Grain's finished prefetch threads still hold their
+    last batches are collected: the batches' shared memory is freed now, not after the
+    run ("leaked shared_memory objects")."""
+    iterator = iter(pipeline.eval_dataset(self.config, directory,
+                                          batch_size=self.config.eval.batch_size))
+    try:
+      yield from iterator
+    finally:
+      iterator.close()
+      del iterator
+      gc.collect()
 
   def _baselines(self) -> list[str]:
     return [CENTER_PRIOR] + ([OBJECT_PRIOR] if self._object_trunk is not None else [])
@@ -160,7 +206,7 @@ class Evaluator:
     outputs carry the object prior maps [B, H, W] as 'object_prior'. `audio_order` [B]
     pairs image i with the audio of sample audio_order[i]."""
     if model == CENTER_PRIOR:
-      heatmap = center_prior(self.size)
+      heatmap = center_prior(self.size, self.config.eval.center_prior_sigma)
       return {'heatmaps': {_PRIOR_VARIANT: np.broadcast_to(
           heatmap, (len(batch['index']),) + heatmap.shape)}}
     spectrogram = batch['spectrogram']
@@ -207,11 +253,13 @@ class Evaluator:
     manifest = self.manifests[split]
     config = self.config.eval
     keep_masks = manifest.gt == tfrecord.GT_MASKS
-    fscore_batch = AVSBENCH_FRAMES_PER_CLIP if manifest.dataset == 'avsbench' else None
+    per_video = manifest.dataset == 'avsbench'
     scores, embeddings, labels, multi, visuals = {}, ([], []), [], [], []
     correlations, extended = {}, {}  # per variant: [corr], [(ciou, conf, swapped conf)]
     seen = 0
     for batch in self._batches(directory):
+      if self.interrupt is not None and self.interrupt():
+        raise preemption.Preempted(f'evaluation of {split} stopped at example {seen}')
       chosen = np.flatnonzero(batch['valid'])
       if config.max_examples:
         chosen = chosen[:max(config.max_examples - seen, 0)]
@@ -225,12 +273,13 @@ class Evaluator:
         gt_sources = source_maps(manifest.gt, batch, i, self.size)
         gt = np.clip(gt_sources.sum(0), 0, 1) if len(gt_sources) > 1 else gt_sources[0]
         maps = self._maps(outputs, i)
-        cious = {name: scores.setdefault(name, _SplitScores(fscore_batch)).add(
-            heatmap, gt, config.threshold_protocol, self.threshold, keep_masks)
+        group = avsbench_video(str(batch['id'][i])) if per_video else None
+        cious = {name: scores.setdefault(name, _SplitScores()).add(
+            heatmap, gt, config.threshold_protocol, self.threshold, keep_masks, group)
                  for name, heatmap in maps.items()}
         swapped_maps = self._maps(swapped_outputs, i) if swap and swap[1][i] else {}
         for name, heatmap in swapped_maps.items():
-          scores.setdefault(name + SWAP_SUFFIX, _SplitScores(None)).add(
+          scores.setdefault(name + SWAP_SUFFIX, _SplitScores()).add(
               heatmap, gt, config.threshold_protocol, self.threshold, False)
           correlations.setdefault(name, []).append(
               grounding.map_correlation(maps[name], heatmap))
@@ -261,9 +310,10 @@ class Evaluator:
       result.update({f'{name}/{k}': v for k, v in grounding.extended_protocol(
           *np.asarray(entries).T).items()})
     if labels and min(labels) >= 0:
-      ks = tuple(k for k in (1, 5, 10) if k <= len(labels))  # R@K needs K <= gallery
+      ks = tuple(k for k in config.recall_at if k <= len(labels))  # R@K needs K <= gallery
       result.update({f'retrieval/{k}': v for k, v in retrieval.recall_at_k(
           np.stack(embeddings[0]), np.stack(embeddings[1]), np.asarray(labels), ks).items()})
+      self.retrieval_chance[split] = retrieval.chance_recall_at_k(np.asarray(labels), ks)
     if multi:
       if manifest.gt == tfrecord.GT_MULTISOURCE:
         summary = multisource.summarize_multisource(multi)
@@ -290,7 +340,7 @@ class Evaluator:
       rows.append(row)
     if rows:
       name = f'{split}_step{step}.png' if step is not None else f'{split}_checkpoint.png'
-      visualize.save_png(os.path.join(self.output_dir, name), visualize.grid(rows))
+      visualize.save_png(self.output_dir / name, visualize.grid(rows))
 
   def table(self, split: str) -> str:
     """The split's rows in percent, paper style: the centre prior, then for every
@@ -307,22 +357,29 @@ class Evaluator:
       values = [f'{100 * cells[c]:.2f}' if c in cells else '-' for c in columns]
       lines.append(' | '.join([label.ljust(widths[0])] + [
           v.rjust(w) for v, w in zip(values, widths[1:])]))
+    if split in self.retrieval_chance:  # Recall@K is class-level: chance is far above 1/N
+      lines.append('retrieval chance (a random ranking, this split\'s class frequencies): ' +
+                   ', '.join(f'R@{k} {100 * v:.2f}'
+                             for k, v in self.retrieval_chance[split].items()))
     return '\n'.join(lines)
 
   def _write_split(self, split, step):
     rows = self.rows[split]
     record = {'split': split, 'directory': self.split_dirs[split],
               'gt': self.manifests[split].gt, 'step': step,
-              'metrics': rows[-1][1], 'history': [{'model': l, **s} for l, s in rows]}
-    tfrecord.atomic_write_json(os.path.join(self.workdir, f'eval_{split}.json'), record)
+              'retrieval_chance': {f'r{k}': v for k, v in self.retrieval_chance.get(
+                  split, {}).items()},
+              'metrics': rows[-1][1], 'history': [
+                  {'model': l, 'step': n, **s} for (l, s), n in zip(rows, self.row_steps[split])]}
+    workdir = epath.Path(self.workdir)
+    tfrecord.atomic_write_json(workdir / f'eval_{split}.json', record)
     columns = sorted({k for _, scores in rows for k in scores})
-    path = os.path.join(self.workdir, f'eval_{split}.csv')
-    with open(path + '.tmp', 'w', newline='') as f:
-      out = csv.writer(f)
-      out.writerow(['model'] + columns)
-      for label, scores in rows:
-        out.writerow([label] + [scores.get(c, '') for c in columns])
-    os.replace(path + '.tmp', path)
+    table = io.StringIO(newline='')
+    out = csv.writer(table)
+    out.writerow(['model'] + columns)
+    for label, scores in rows:
+      out.writerow([label] + [scores.get(c, '') for c in columns])
+    paths.write_bytes_atomic(workdir / f'eval_{split}.csv', [table.getvalue().encode('utf-8')])
 
 
 def _table_rows(label: str, scores: dict) -> list[tuple[str, dict]]:

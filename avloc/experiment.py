@@ -3,11 +3,12 @@
 `avloc.main` is the command-line front of `run`; notebooks call `run` directly.
 """
 
+import importlib
 import os
 
 import ml_collections
 
-from avloc import checkpointing, config as config_lib, evaluate, methods, train
+from avloc import checkpointing, config as config_lib, evaluate, methods, paths, sharding, train
 from avloc.data import tfrecord
 
 _CONVERTERS = {  # split-name prefix -> converter (first match)
@@ -19,17 +20,37 @@ _CONVERTERS = {  # split-name prefix -> converter (first match)
 
 
 def check_workdir(workdir: str) -> str:
-  """Creates `workdir` and checks that it is writable; returns its absolute path."""
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  probe = os.path.join(workdir, f'.write-probe-{os.getpid()}')
+  """Creates `workdir` (a local path or a URI such as gs://bucket/run, see avloc.paths)
+  and checks that it is writable; returns its absolute path."""
+  workdir = paths.resolve(workdir)
+  probe = workdir / f'.write-probe-{os.getpid()}'
   try:
-    os.makedirs(workdir, exist_ok=True)
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
+    workdir.mkdir(parents=True, exist_ok=True)
+    probe.write_text('ok')
+    probe.unlink()
   except OSError as e:
-    raise PermissionError(f'--workdir {workdir} is not writable: {e.strerror}') from e
-  return workdir
+    raise PermissionError(f'--workdir {workdir} is not writable: {e.strerror or e}') from e
+  return str(workdir)
+
+
+def generate_splits(config: ml_collections.ConfigDict, names: list[str], root: str,
+                    log=print) -> dict[str, str]:
+  """The generated benchmark's splits {name: directory}: made on first use by the
+  `prepare(config.data.synthetic, root, splits=names, log=log)` of the module that
+  `config.data.synthetic_generator` names (data_prep.synthetic), the library's only way
+  into data preparation."""
+  if not paths.is_local(root):
+    raise ValueError(f'config.data.root {root}: the synthetic benchmark is generated under a '
+                     'local data root only; generate it locally and copy the directory '
+                     '(e.g. gcloud storage cp -r), or set a local config.data.root')
+  name = config.data.synthetic_generator
+  try:
+    generator = importlib.import_module(name)
+  except ImportError as e:
+    raise config_lib.ConfigError(
+        f'config.data.synthetic_generator {name!r} cannot be imported ({e}); install avloc '
+        'with its data_prep package (pip install .) or run from a checkout') from e
+  return generator.prepare(config.data.synthetic, root, splits=names, log=log)
 
 
 def resolve_splits(config: ml_collections.ConfigDict, names: list[str],
@@ -38,23 +59,20 @@ def resolve_splits(config: ml_collections.ConfigDict, names: list[str],
   benchmark is generated on first use (data_prep.synthetic), other datasets must have
   been converted beforehand."""
   root = config_lib.resolve_data_root(config)
-  dirs = {}
   synthetic_names = [name for name in names if name.startswith(config_lib.SYNTHETIC)]
-  if synthetic_names:
-    from data_prep import synthetic  # pylint: disable=g-import-not-at-top
-    dirs.update(synthetic.prepare(config.data.synthetic, root, splits=synthetic_names, log=log))
+  dirs = generate_splits(config, synthetic_names, root, log) if synthetic_names else {}
   for name in names:
     if name in dirs:
       continue
-    directory = os.path.join(root, name)
-    if not os.path.exists(os.path.join(directory, tfrecord.MANIFEST_NAME)):
+    directory = paths.resolve(root) / name
+    if not (directory / tfrecord.MANIFEST_NAME).exists():
       converter = next((m for prefix, m in _CONVERTERS.items() if name.startswith(prefix)),
                        'data_prep.<dataset>')
       raise FileNotFoundError(
           f'prepared split {name!r} not found at {directory}: convert it first '
           f'(python -m {converter} --input_dir=<raw data> --output_dir={directory}) '
           'or point --config.data.root at the directory holding it')
-    dirs[name] = directory
+    dirs[name] = str(directory)
   return dirs
 
 
@@ -71,6 +89,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = 'train_and_
     raise ValueError(f'a checkpoint to evaluate ({checkpoint}) needs mode eval, got {mode!r}')
   method = methods.get_method(config.method)
   config_lib.validate(config, method.check_config)
+  mesh = sharding.make_mesh()
+  if mode != 'eval':
+    sharding.check_batch_size(config.train.batch_size, mesh, 'train.batch_size')
+  if mode != 'train':
+    sharding.check_batch_size(config.eval.batch_size, mesh, 'eval.batch_size')
+  if mode == 'train_and_eval':
+    config_lib.check_best_metric(config)
   workdir = check_workdir(workdir)
   eval_names = config_lib.eval_splits(config) if mode != 'train' else []
   train_names = [config.data.train_split] if mode != 'eval' else []
@@ -79,7 +104,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = 'train_and_
   if mode == 'eval':
     saved_config, variables = checkpointing.load_inference(checkpoint or workdir)
     config = config_lib.with_saved_model(config, saved_config, log)
-  tfrecord.atomic_write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+  tfrecord.atomic_write_json(paths.resolve(workdir) / 'config.json', config.to_dict())
   evaluator = None
   if eval_names:
     evaluator = evaluate.Evaluator(config, {n: split_dirs[n] for n in eval_names}, workdir,

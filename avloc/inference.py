@@ -2,7 +2,7 @@
 
   localizer = Localizer.from_checkpoint('runs/jsa_synthetic')
   outputs = localizer.localize(frames, waveforms)  # uint8 [H, W, 3] frames, [N] waveforms
-  panel = render(frames[0], sample(outputs, 0))     # overlay + colour bar, uint8
+  panel = localizer.render(frames[0], sample(outputs, 0))  # overlay + colour bar, uint8
 
 Inputs are preprocessed as in evaluation (avloc.data.pipeline.eval_example): the frame
 resized to `data.image.size` (bicubic), the log spectrogram of the middle
@@ -18,19 +18,18 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from avloc import checkpointing, methods, visualize
+from avloc import checkpointing, config as config_lib, methods, visualize
 from avloc.data import audio as audio_lib
 from avloc.data import image as image_lib
 from avloc.data import media
-
-# A NoPrior object map is positive (calibrated score > 0.5) exactly on its object.
-OBJECT_THRESHOLD = 0.5
 
 
 class Localizer:
   """A model and its variables; `localize` is jit-compiled once per batch size."""
 
   def __init__(self, config: ml_collections.ConfigDict, variables: dict):
+    """config: the checkpoint's (fields it predates get their defaults)."""
+    config = config_lib.with_defaults(config)
     self.config = config
     self.method = methods.get_method(config.method)
     self.model = self.method.build_model(config)
@@ -48,6 +47,11 @@ class Localizer:
   @property
   def sample_rate(self) -> int:
     return self.config.data.audio.sample_rate
+
+  @property
+  def resampler(self) -> str:
+    """How audio at other rates is brought to `sample_rate` (audio.RESAMPLERS)."""
+    return self.config.data.audio.resampler
 
   @property
   def seconds(self) -> float:
@@ -111,6 +115,11 @@ class Localizer:
     outputs['heatmaps'] = self.method.heatmaps_in_order(outputs['heatmaps'], self.config)
     return outputs
 
+  def render(self, image: np.ndarray, prediction: dict, caption: str = '',
+             max_side: int = 512) -> np.ndarray:
+    """`render` with this model's `eval.object_threshold`."""
+    return render(image, prediction, self.config.eval.object_threshold, caption, max_side)
+
 
 def sliding_windows(waveform: np.ndarray, sample_rate: int, seconds: float,
                     times: Sequence[float]) -> list[np.ndarray]:
@@ -136,15 +145,15 @@ def resize_map(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
   return np.asarray(image.resize((shape[1], shape[0]), Image.BILINEAR))
 
 
-def object_masks(prediction: dict, shape: tuple[int, int]) -> np.ndarray:
+def object_masks(prediction: dict, shape: tuple[int, int], threshold: float) -> np.ndarray:
   """One sample's NoPrior outputs -> bool [K, H, W] masks of its found objects (pixels
-  scored > OBJECT_THRESHOLD, each pixel to its highest-scoring object)."""
+  scored > threshold, each pixel to its highest-scoring object)."""
   maps = [resize_map(m, shape) for m, valid in
           zip(prediction['object_maps'], prediction['object_valid']) if valid]
   if not maps:
     return np.zeros((0,) + tuple(shape), bool)
   maps = np.stack(maps)
-  return (maps > OBJECT_THRESHOLD) & (maps == maps.max(axis=0, keepdims=True))
+  return (maps > threshold) & (maps == maps.max(axis=0, keepdims=True))
 
 
 def display_frame(image: np.ndarray, max_side: int) -> np.ndarray:
@@ -156,7 +165,7 @@ def display_frame(image: np.ndarray, max_side: int) -> np.ndarray:
   return image_lib.resize(image, shape, Image.BILINEAR)
 
 
-def render(image: np.ndarray, prediction: dict, caption: str = '',
+def render(image: np.ndarray, prediction: dict, object_threshold: float, caption: str = '',
            max_side: int = 512) -> np.ndarray:
   """One sample's outputs drawn on its frame uint8 [H, W, 3] -> uint8 panel: every heatmap
   (min-max normalized, named) on the frame, a colour bar, and for NoPrior the objects'
@@ -168,7 +177,7 @@ def render(image: np.ndarray, prediction: dict, caption: str = '',
     panels.append(visualize.label(visualize.overlay(frame, visualize.normalize(heatmap)), text))
   panels.append(visualize.colour_bar(frame.shape[0]))
   if 'object_maps' in prediction:
-    masks = object_masks(prediction, frame.shape[:2])
+    masks = object_masks(prediction, frame.shape[:2], object_threshold)
     count = f'{len(masks)} object' + ('' if len(masks) == 1 else 's')
     panels.append(visualize.label(visualize.overlay_masks(frame, masks), count))
   return visualize.grid([panels])

@@ -25,17 +25,18 @@ done. Every output is written to a temporary file and renamed into place.
 
 import collections
 import dataclasses
+import errno
 import os
 import sys
+import tempfile
 import zipfile
 from collections.abc import Callable
 
 import numpy as np
-import tqdm
 from absl import app, flags, logging
 from PIL import Image
 
-from avloc import inference, visualize
+from avloc import checkpointing, inference, progress, visualize
 from avloc.data import media
 
 _CHECKPOINT = flags.DEFINE_string(
@@ -116,16 +117,6 @@ def find_inputs(directory: str) -> tuple[list[Item], list[str]]:
   return items, problems
 
 
-def _checked_audio(path: str, waveform: np.ndarray | None) -> np.ndarray:
-  if waveform is None:
-    raise media.MediaError(f'{path}: no audio track')
-  if not np.all(np.isfinite(waveform)):
-    raise media.MediaError(f'{path}: NaN or infinite audio samples')
-  if not np.any(waveform):
-    raise media.MediaError(f'{path}: silent audio (all samples are zero)')
-  return waveform
-
-
 class _MapsWriter:
   """Arrays into one .npz (none without a path), written to a temporary file opened on
   the first `add` and renamed into place by `close(keep=True)`."""
@@ -200,17 +191,42 @@ def _check_arguments(image, audio, video, input_dir, output, save_maps, batch_si
     raise ValueError('--batch_size and --max_frames must be >= 1 and --video_fps > 0')
 
 
+def _check_output(output: str, single: bool) -> None:
+  """Checks, before any model runs and without leaving anything behind, that the --output
+  directory (the file's directory for one input written to a .png / .gif) can be
+  created or written to."""
+  is_file = single and output.lower().endswith(('.png', '.gif'))
+  directory = os.path.abspath(os.path.dirname(output) if is_file else output)
+  existing = directory
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  try:
+    if not os.path.isdir(existing):
+      raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), existing)
+    with tempfile.TemporaryFile(dir=existing):
+      pass
+  except OSError as e:
+    raise ValueError(f'--output {output}: cannot write to {directory} '
+                     f'({e.strerror or e})') from e
+
+
 def predict(checkpoint: str, output: str, *, image: str | None = None,
             audio: str | None = None, video: str | None = None, input_dir: str | None = None,
             save_maps: str | None = None, batch_size: int = 8, video_fps: float = 2.0,
             max_frames: int = 60, localizer: inference.Localizer | None = None,
-            report=print, progress: bool = False) -> Summary:
+            report=print, show_progress: bool = False) -> Summary:
   """Localizes one image + audio pair, one video, or every input of `input_dir` (see
   the module docstring). Every bad input is passed to `report` (one line naming the
   file) and listed in the summary; argument and checkpoint errors raise ValueError /
-  OSError. `localizer` replaces loading `checkpoint` (a notebook's model)."""
+  OSError (checkpointing.CheckpointError for one that does not restore). `localizer`
+  replaces loading `checkpoint` (a notebook's model). With `show_progress` and several
+  inputs, a progress line (avloc.progress) goes to stderr after every model call."""
   _check_arguments(image, audio, video, input_dir, output, save_maps, batch_size, video_fps,
                    max_frames)
+  if not checkpoint and localizer is None:
+    raise ValueError('--checkpoint is empty: name a training workdir, its export/ '
+                     'directory, or one step of either')
+  _check_output(output, not input_dir)
   summary = Summary()
 
   def fail(message):
@@ -226,20 +242,27 @@ def predict(checkpoint: str, output: str, *, image: str | None = None,
     items = [Item(os.path.basename(path), image=image, audio=audio, video=video)]
   localizer = localizer or inference.Localizer.from_checkpoint(checkpoint)
   run = _Run(localizer, output, not input_dir, batch_size, _MapsWriter(save_maps), summary, fail)
+  lines = progress.Progress('inputs done', len(items), 'inputs')
+  finished = 0
+
+  def advance(count):
+    nonlocal finished
+    finished += count
+    if show_progress and not run.single:
+      print(lines.line(finished), file=sys.stderr, flush=True)
+
   done = False
   try:
-    with tqdm.tqdm(total=len(items), unit='input', disable=run.single or not progress,
-                   file=sys.stderr) as bar:
-      pairs = [item for item in items if not item.video]
-      for start in range(0, len(pairs), batch_size):
-        run.pairs(pairs[start:start + batch_size])
-        bar.update(len(pairs[start:start + batch_size]))
-      for item in (item for item in items if item.video):
-        try:
-          run.video(item, video_fps, max_frames)
-        except media.MediaError as e:
-          fail(str(e))
-        bar.update(1)
+    pairs = [item for item in items if not item.video]
+    for start in range(0, len(pairs), batch_size):
+      run.pairs(pairs[start:start + batch_size])
+      advance(len(pairs[start:start + batch_size]))
+    for item in (item for item in items if item.video):
+      try:
+        run.video(item, video_fps, max_frames)
+      except media.MediaError as e:
+        fail(str(e))
+      advance(1)
     done = True
   finally:
     if run.writer.close(keep=done):
@@ -276,7 +299,8 @@ class _Run:
     for item in items:
       try:
         frame = media.load_image(item.image)
-        waveform = _checked_audio(item.audio, media.load_audio(item.audio, localizer.sample_rate))
+        waveform = media.check_waveform(item.audio, media.load_audio(
+            item.audio, localizer.sample_rate, localizer.resampler))
       except media.MediaError as e:
         self.fail(str(e))
         continue
@@ -289,7 +313,7 @@ class _Run:
     for i, (item, frame, _, _) in enumerate(loaded):
       prediction = inference.sample(outputs, i)
       path = self._output_path(item)
-      visualize.save_png(path, inference.render(frame, prediction, max_side=PNG_SIDE))
+      visualize.save_png(path, localizer.render(frame, prediction, max_side=PNG_SIDE))
       self.writer.add(self._prefix(item), map_arrays(prediction))
       self.summary.written.append(path)
 
@@ -297,7 +321,7 @@ class _Run:
     """A video: one map per sampled frame, from the audio window centred on it."""
     localizer = self.localizer
     _, waveform = media.read_video(item.video, localizer.sample_rate, frame=False)
-    waveform = _checked_audio(item.video, waveform)
+    waveform = media.check_waveform(item.video, waveform)
     times, frames, images = [], [], []
     for time, frame in media.iter_frames(item.video, fps, max_frames):
       times.append(time)
@@ -308,7 +332,7 @@ class _Run:
     outputs = localizer.localize_inputs(
         np.stack(images), np.stack([localizer.prepare_audio(w) for w in windows]),
         self.batch_size)
-    animation = [inference.render(frame, inference.sample(outputs, i), f't={time:.1f}s',
+    animation = [localizer.render(frame, inference.sample(outputs, i), f't={time:.1f}s',
                                   GIF_SIDE) for i, (time, frame) in enumerate(zip(times, frames))]
     path = self._output_path(item)
     _save_gif(path, animation, fps)
@@ -324,15 +348,15 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
 
   def report(message):
-    tqdm.tqdm.write(f'avloc-predict: {message}', file=sys.stderr)
+    print(f'avloc-predict: {message}', file=sys.stderr, flush=True)
 
   try:
     summary = predict(
         _CHECKPOINT.value, _OUTPUT.value, image=_IMAGE.value, audio=_AUDIO.value,
         video=_VIDEO.value, input_dir=_INPUT_DIR.value, save_maps=_SAVE_MAPS.value,
         batch_size=_BATCH_SIZE.value, video_fps=_VIDEO_FPS.value, max_frames=_MAX_FRAMES.value,
-        report=report, progress=True)
-  except (ValueError, OSError) as e:
+        report=report, show_progress=True)
+  except (ValueError, OSError, checkpointing.CheckpointError) as e:
     report(str(e))
     sys.exit(1)
   for path in summary.written:

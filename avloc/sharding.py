@@ -12,6 +12,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from avloc import config as config_lib
+
 DATA_AXIS = 'data'
 
 def initialize_distributed(mode: str) -> None:
@@ -19,7 +21,9 @@ def initialize_distributed(mode: str) -> None:
 
   mode 'auto' initializes when a multi-process launcher is detected (a TPU pod slice with
   several hosts, SLURM or MPI with several tasks, or an explicit coordinator address);
-  'on' always, 'off' never. Must run before any other JAX call.
+  'on' always, 'off' never. Must run before any other JAX call. Without a launcher the
+  processes are described by JAX_COORDINATOR_ADDRESS (host:port of process 0),
+  JAX_NUM_PROCESSES and JAX_PROCESS_ID.
   """
   if mode not in ('auto', 'on', 'off'):
     raise ValueError(f"--distributed must be 'auto', 'on' or 'off', got {mode!r}")
@@ -35,7 +39,10 @@ def initialize_distributed(mode: str) -> None:
     )
     if not several:
       return
-  jax.distributed.initialize()
+  explicit = {name: int(os.environ[var]) for name, var in (
+      ('num_processes', 'JAX_NUM_PROCESSES'), ('process_id', 'JAX_PROCESS_ID'))
+              if var in os.environ}
+  jax.distributed.initialize(**explicit)
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -55,7 +62,7 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 
 def check_batch_size(global_batch_size: int, mesh: Mesh, field: str) -> None:
   if global_batch_size % mesh.size or global_batch_size % jax.process_count():
-    raise ValueError(
+    raise config_lib.ConfigError(
         f'config.{field}={global_batch_size} must be divisible by the number of devices '
         f'({mesh.size}) and processes ({jax.process_count()})')
 
@@ -68,7 +75,12 @@ def process_slice(global_size: int) -> slice:
 
 
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:
-  """This process's share of a batch (numpy) -> global jax.Arrays sharded on 'data'."""
+  """This process's share of a batch (numpy) -> global jax.Arrays sharded on 'data'.
+
+  Arrays that Grain's worker processes hand over in shared memory (ndarray subclasses)
+  are copied out first: XLA:CPU would alias them and keep the segments alive past the
+  end of the run ("leaked shared_memory objects")."""
   sharding = batch_sharded(mesh)
-  return {name: jax.make_array_from_process_local_data(sharding, np.asarray(value))
+  return {name: jax.make_array_from_process_local_data(
+      sharding, value if type(value) is np.ndarray else np.array(value))  # pylint: disable=unidiomatic-typecheck
           for name, value in local_batch.items()}

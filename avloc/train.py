@@ -6,18 +6,18 @@ devices, the losses see the global batch, and the state buffers are donated. The
 only waits on the device when it logs, evaluates or checkpoints.
 """
 
-import contextlib
 import dataclasses
-import signal
 from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
-from avloc import checkpointing, config as config_lib, convert, methods, metric_writer, sharding
+from avloc import (checkpointing, config as config_lib, methods, metric_writer, preemption,
+                   sharding, weights)
 from avloc.data import audio as audio_lib
 from avloc.data import pipeline, tfrecord
 
@@ -83,7 +83,7 @@ def create_train_state(config, model, tx, mesh) -> TrainState:
   image trunk starts from `config.model_init.image_trunk` (ImageNet weights) when set."""
   shapes = input_shapes(config, 2, train=True)
   trunk_path = config.model_init.image_trunk
-  trunk = convert.load_image_trunk(trunk_path) if trunk_path else None
+  trunk = weights.load_image_trunk(trunk_path) if trunk_path else None
 
   def init(params_rng, rng, trunk):
     mask_rng, state_rng = jax.random.split(rng)
@@ -93,7 +93,7 @@ def create_train_state(config, model, tx, mesh) -> TrainState:
         jnp.zeros(shapes['spectrogram'].shape, jnp.float32), train=True)
     params, batch_stats = variables['params'], variables.get('batch_stats', {})
     if trunk is not None:
-      params, batch_stats = convert.merge_image_trunk(params, batch_stats, trunk)
+      params, batch_stats = weights.merge_image_trunk(params, batch_stats, trunk)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                       opt_state=tx.init(params), rng=state_rng)
 
@@ -157,30 +157,37 @@ def make_plan(config, num_examples: int, split_dir: str) -> Plan:
   return Plan(steps_per_epoch, total, config.train.eval_every_steps or steps_per_epoch)
 
 
-class PreemptionGuard(contextlib.AbstractContextManager):
-  """Turns SIGTERM (e.g. TPU preemption) into a flag the loop checks after each step."""
+class NonFiniteLoss(FloatingPointError):
+  """The loss or the gradient became NaN or infinite; the message names the step."""
 
-  def __init__(self):
-    self.requested = False
-    self._previous = None
 
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
+def _check_finite(pending: list, last_checkpoint: int | None) -> None:
+  """pending: [(step, host metrics)]; raises NonFiniteLoss at the first step whose loss
+  or gradient norm is not finite."""
+  for step, metrics in pending:
+    loss, grad_norm = float(metrics['loss']), float(metrics['grad_norm'])
+    if not (np.isfinite(loss) and np.isfinite(grad_norm)):
+      last = 'none' if last_checkpoint is None else f'step {last_checkpoint}'
+      raise NonFiniteLoss(
+          f'step {step}: the loss is {loss} (gradient norm {grad_norm}); stopped without '
+          f'saving anything new (the last checkpoint is {last}). Lower '
+          'config.optim.learning_rate or set config.optim.grad_clip_norm, then re-run.')
 
-  def __enter__(self):
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
-    return self
 
-  def __exit__(self, *exc):
-    signal.signal(signal.SIGTERM, self._previous)
-    return False
+def _is_eval_step(step: int, plan: Plan) -> bool:
+  return step == 0 or step % plan.eval_every_steps == 0 or step == plan.total_steps
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, split_dirs: dict[str, str],
           evaluator=None, log=print) -> TrainState:
-  """Trains (resuming from `workdir` if it holds a checkpoint), evaluating with
-  `evaluator` (see avloc.evaluate) at step 0, every `eval_every_steps` and at the end."""
+  """Trains (resuming from the newest checkpoint of `workdir` that restores), evaluating
+  with `evaluator` (see avloc.evaluate) at step 0, every `eval_every_steps` and at the end.
+
+  Stops with preemption.Preempted after saving a checkpoint when the run is preempted
+  (SIGTERM; during an evaluation at its next batch), with NonFiniteLoss, saving nothing
+  new, when the loss stops being finite, and with checkpointing.CheckpointError when a
+  save fails. Whatever stops it, the checkpoint being written is completed first.
+  """
   method = methods.get_method(config.method)
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.train.batch_size, mesh, 'train.batch_size')
@@ -199,51 +206,87 @@ def train(config: ml_collections.ConfigDict, workdir: str, split_dirs: dict[str,
   data_iterator = iter(dataset)
   checkpointer = checkpointing.TrainCheckpointer(workdir, config.train.keep_checkpoints)
   exporter = checkpointing.Exporter(workdir, config.eval.best_metric if evaluator else '')
-  if checkpointer.latest_step is not None:
-    abstract = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-    state, saved_config = checkpointer.restore(abstract, data_iterator)
-    log(f'Resumed from {workdir}/{checkpointing.TRAIN_DIR}/{checkpointer.latest_step}.')
-    for change in config_lib.changed_fields(saved_config, config.to_dict()):
-      log(f'  warning: config differs from the checkpoint: {change}')
-  start = int(state.step)
-  writer = metric_writer.MetricWriter(workdir, plan.total_steps,
-                                      enabled=jax.process_index() == 0)
-  log(f'{manifest.num_examples} training examples, {plan.steps_per_epoch} steps/epoch, '
-      f'{plan.total_steps} steps of batch {config.train.batch_size} on {mesh.size} '
-      f'device(s) ({jax.devices()[0].platform}).')
+  writer = None
 
   def evaluate(step):
-    metrics = evaluator.evaluate(state.variables, step, writer)
+    try:
+      metrics = evaluator.evaluate(state.variables, step, writer)
+    except preemption.Preempted:
+      checkpointer.save(step, state, data_iterator, config)
+      raise preemption.Preempted(_preempted_message(step, plan, 'during its evaluation'))
     exporter.export(step, jax.device_get(state.variables), config, metrics)
 
-  if evaluator is not None and start == 0:
-    evaluate(0)
-  running, count = None, 0
-  with PreemptionGuard() as preemption:
-    for step in range(start + 1, plan.total_steps + 1):
-      batch = sharding.global_batch(next(data_iterator), mesh)
-      state, metrics = train_step(state, batch)
-      running = metrics if running is None else jax.tree_util.tree_map(jnp.add, running, metrics)
-      count += 1
-      if step % config.train.log_every_steps == 0 or step == plan.total_steps:
-        means = {k: v / count for k, v in jax.device_get(running).items()}
-        means['learning_rate'] = schedule(step - 1)
-        means['epoch'] = step / plan.steps_per_epoch
-        writer.write_scalars(step, {f'train/{k}': v for k, v in means.items()})
-        shown = ['loss'] + sorted(k for k in means if k.startswith('loss_'))
-        writer.progress(step, {k: means[k] for k in shown}, config.train.batch_size)
-        running, count = None, 0
-      final = step == plan.total_steps
-      if step % config.train.checkpoint_every_steps == 0 or final or preemption.requested:
-        checkpointer.save(step, state, data_iterator, config, force=True)
-      if preemption.requested:
-        log(f'SIGTERM: saved a checkpoint at step {step}; exiting. Re-run to resume.')
-        break
-      if evaluator is not None and (step % plan.eval_every_steps == 0 or final):
-        evaluate(step)
-  checkpointer.wait()
-  checkpointer.close()
-  exporter.close()
-  writer.close()
+  try:
+    start = 0
+    if checkpointer.latest_step is not None:
+      abstract = jax.tree_util.tree_map(
+          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+      state, saved_config, start = checkpointer.restore(abstract, data_iterator, log)
+      log(f'Resumed from {checkpointer.directory}/{start}.')
+      for change in config_lib.changed_fields(saved_config, config.to_dict()):
+        log(f'  warning: config differs from the checkpoint: {change}')
+    writer = metric_writer.MetricWriter(workdir, plan.total_steps,
+                                        enabled=jax.process_index() == 0, resume_step=start)
+    log(f'{manifest.num_examples} training examples, {plan.steps_per_epoch} steps/epoch, '
+        f'{plan.total_steps} steps of batch {config.train.batch_size} on {mesh.size} '
+        f'device(s) ({jax.devices()[0].platform}).')
+    with preemption.Guard() as guard:
+      if evaluator is not None:
+        evaluator.interrupt = guard.check
+        if _is_eval_step(start, plan) and not evaluator.resume(start):
+          evaluate(start)
+      pending = []  # (step, metrics on the device) since the last progress line
+      for step in range(start + 1, plan.total_steps + 1):
+        batch = sharding.global_batch(next(data_iterator), mesh)
+        state, metrics = train_step(state, batch)
+        pending.append((step, metrics))
+        final = step == plan.total_steps
+        stop = guard.check()
+        log_now = step % config.train.log_every_steps == 0 or final or stop
+        save = step % config.train.checkpoint_every_steps == 0 or final or stop
+        evaluate_now = evaluator is not None and (step % plan.eval_every_steps == 0 or final)
+        if log_now or save or evaluate_now:  # the only points that wait for the device
+          host = jax.device_get(pending)
+          _check_finite(host, checkpointer.latest_step)
+        if log_now:
+          _write_progress(writer, host, schedule, plan, config)
+          pending = []
+        if save:
+          checkpointer.save(step, state, data_iterator, config)
+        if stop:
+          raise preemption.Preempted(_preempted_message(step, plan))
+        checkpointer.check_for_errors()
+        if evaluate_now:
+          evaluate(step)
+  except BaseException:
+    checkpointer.close(raise_errors=False, log=log)
+    raise
+  else:
+    checkpointer.close()
+  finally:
+    if hasattr(data_iterator, 'close'):  # stops Grain's worker processes now
+      data_iterator.close()
+    if evaluator is not None:
+      evaluator.interrupt = None
+    exporter.close()
+    if writer is not None:
+      writer.close()
   return state
+
+
+def _preempted_message(step: int, plan: Plan, when: str = '') -> str:
+  return (f'Preempted (SIGTERM) at step {step} of {plan.total_steps}{" " + when if when else ""}: '
+          f'saved a checkpoint at step {step}; exiting with status {preemption.EXIT_STATUS}. '
+          'Re-run the same command to resume.')
+
+
+def _write_progress(writer, host_pending: list, schedule, plan: Plan, config) -> None:
+  """Means of the metrics since the last progress line -> metrics.jsonl, TensorBoard and
+  a progress line on stdout."""
+  step = host_pending[-1][0]
+  means = {k: float(np.mean([m[k] for _, m in host_pending])) for k in host_pending[-1][1]}
+  means['learning_rate'] = schedule(step - 1)
+  means['epoch'] = step / plan.steps_per_epoch
+  writer.write_scalars(step, {f'train/{k}': v for k, v in means.items()})
+  shown = ['loss'] + sorted(k for k in means if k.startswith('loss_'))
+  writer.progress(step, {k: means[k] for k in shown}, config.train.batch_size)

@@ -1,9 +1,11 @@
 """Heatmap overlays, colour bars and image grids as uint8 arrays (NumPy + PIL only)."""
 
-import os
+import io
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from avloc import paths
 
 # Jet colour map control points (value, r, g, b), as cv2.COLORMAP_JET used by the
 # official releases' visualizations.
@@ -80,12 +82,9 @@ def grid(rows: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
   return np.concatenate(row_images, 0)
 
 
-def save_png(path: str, image: np.ndarray) -> None:
-  """Writes atomically: a temporary file renamed into place."""
-  tmp = f'{path}.tmp-{os.getpid()}.png'
-  try:
-    Image.fromarray(image).save(tmp, format='PNG')
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+def save_png(path, image: np.ndarray) -> None:
+  """Writes uint8 [H, W, 3] as a PNG atomically (avloc.paths.write_bytes_atomic: `path`
+  may be a URI such as gs://...)."""
+  data = io.BytesIO()
+  Image.fromarray(image).save(data, format='PNG')
+  paths.write_bytes_atomic(path, [data.getvalue()])

@@ -13,15 +13,18 @@ import io
 import json
 import multiprocessing
 import os
-import time
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 from absl import flags
 from PIL import Image
 
+from avloc import progress
+from avloc.data import audio as audio_lib
 from avloc.data import image as image_lib
 from avloc.data import media, tfrecord
+from avloc.data import workers as worker_processes
 
 EXAMPLES_PER_SHARD = 1000
 IMAGE_EXTENSIONS = media.IMAGE_EXTENSIONS
@@ -48,6 +51,7 @@ class Clip:
 class Options:
   audio_seconds: float = 5.0
   sample_rate: int = 16000
+  resampler: str = 'sinc_hann'  # avloc.data.audio.RESAMPLERS: the releases' by default
 
 
 def find_file(directory: str, stem: str, extensions: Sequence[str]) -> str:
@@ -69,16 +73,22 @@ def media_files(root: str, clip_id: str) -> dict[str, str]:
 
 
 def _frame_bytes(path: str) -> bytes:
-  """The JPEG file as it is when it decodes to upright RGB (no re-encoding loss),
-  otherwise the decoded, upright RGB image re-encoded as JPEG."""
+  """The JPEG file as it is when it decodes to upright RGB at full size (no re-encoding
+  loss), otherwise the decoded, upright RGB image (reduced when above Pillow's
+  decompression-bomb limit, see media.load_image) re-encoded as JPEG."""
   image = media.load_image(path)
   with open(path, 'rb') as f:
     data = f.read()
-  with Image.open(io.BytesIO(data)) as original:
-    upright = original.getexif().get(media.EXIF_ORIENTATION, 1) == 1
-    if original.format == 'JPEG' and original.mode == 'RGB' and upright:
-      return data
-  return image_lib.encode_jpeg(image)
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+      with Image.open(io.BytesIO(data)) as original:
+        unchanged = (original.format == 'JPEG' and original.mode == 'RGB' and
+                     original.size == (image.shape[1], image.shape[0]) and
+                     original.getexif().get(media.EXIF_ORIENTATION, 1) == 1)
+  except Image.DecompressionBombError:
+    unchanged = False
+  return data if unchanged else image_lib.encode_jpeg(image)
 
 
 def _mask_bytes(path: str) -> bytes:
@@ -99,9 +109,10 @@ def encode_clip(clip: Clip, options: Options) -> bytes:
   else:
     raise media.MediaError(f'{clip.id}: no frame (no image file and no video stream)')
   if clip.audio:
-    waveform = media.load_audio(clip.audio, options.sample_rate)
+    waveform = media.load_audio(clip.audio, options.sample_rate, options.resampler)
   if waveform is None or waveform.size == 0:
     raise media.MediaError(f'{clip.id}: no audio (no audio file and no audio stream)')
+  media.check_waveform(clip.audio or clip.video, waveform)
   boxes = np.asarray(clip.boxes, np.float64).reshape(-1, 4)
   if boxes.size and (boxes.min() < -1e-6 or boxes.max() > 1 + 1e-6 or
                      (boxes[:, 2:] < boxes[:, :2]).any()):
@@ -135,6 +146,9 @@ def convert(clips: Sequence[Clip], output_dir: str, *, dataset: str, split: str,
   if gt not in tfrecord.GT_KINDS:
     raise ValueError(f'gt must be one of {tfrecord.GT_KINDS}, got {gt!r}')
   os.makedirs(output_dir, exist_ok=True)
+  stale = tfrecord.remove_stale_temporaries(output_dir)
+  if stale:
+    log(f'{split}: removed {len(stale)} temporary file(s) of an interrupted conversion.')
   num_shards = num_shards or max(1, -(-len(clips) // EXAMPLES_PER_SHARD))
   chunks = np.array_split(np.arange(len(clips)), num_shards)
   paths = [os.path.join(output_dir, tfrecord.shard_name(split, s, num_shards))
@@ -143,15 +157,13 @@ def convert(clips: Sequence[Clip], output_dir: str, *, dataset: str, split: str,
   todo = [s for s, info in enumerate(infos) if info is None]
   if len(todo) < num_shards:
     log(f'{split}: {num_shards - len(todo)} of {num_shards} shards already written; resuming.')
-  start, done = time.time(), 0
+  done, shards = 0, progress.Progress(f'{split}: shards written', len(todo), 'shards')
   workers = min(num_workers or os.cpu_count() or 1, max(len(todo), 1))
 
   def finished(shard, info):
     nonlocal done
     infos[shard], done = info, done + 1
-    elapsed = time.time() - start
-    log(f'{split}: shard {done}/{len(todo)} written '
-        f'({elapsed:.0f}s, ETA {elapsed / done * (len(todo) - done):.0f}s)')
+    log(shards.line(done))
 
   jobs = {s: (paths[s], [clips[i] for i in chunks[s]], options) for s in todo}
   if workers == 1:
@@ -159,7 +171,9 @@ def convert(clips: Sequence[Clip], output_dir: str, *, dataset: str, split: str,
       finished(shard, _write_shard(*job))
   else:
     context = multiprocessing.get_context('spawn')
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+    with concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=context, initializer=worker_processes.watch_parent,
+        initargs=(os.getpid(),)) as pool:
       futures = {pool.submit(_write_shard, *job): shard for shard, job in jobs.items()}
       for future in concurrent.futures.as_completed(futures):
         finished(futures[future], future.result())
@@ -220,6 +234,9 @@ def define_flags() -> None:
   flags.DEFINE_float('audio_seconds', 5.0,
                      'Middle seconds of audio kept (5 for JSA, 3 for NoPrior).')
   flags.DEFINE_integer('sample_rate', 16000, 'Stored audio sample rate.')
+  flags.DEFINE_enum('resampler', 'sinc_hann', list(audio_lib.RESAMPLERS),
+                    'Audio at other rates is resampled as the releases do (sinc_hann: '
+                    "torchaudio's Resample) or with libsoxr (soxr_hq).")
   flags.DEFINE_integer('num_shards', 0, '0: about 1000 clips per shard.')
   flags.DEFINE_integer('num_workers', 0, '0: all CPU cores.')
 
@@ -228,5 +245,5 @@ def flag_kwargs() -> dict:
   """convert() keyword arguments from the flags of `define_flags`."""
   values = flags.FLAGS
   return dict(options=Options(audio_seconds=values.audio_seconds,
-                              sample_rate=values.sample_rate),
+                              sample_rate=values.sample_rate, resampler=values.resampler),
               num_shards=values.num_shards, num_workers=values.num_workers)

@@ -6,9 +6,10 @@ Layout: `<input_dir>/frames/<file>.jpg` + `<input_dir>/audio/<file>.wav` (or
 `[{"file": id, "class_src1": name, "bbox_src1": [x, y, w, h], "class_src2": ...}]` with
 boxes as NORMALIZED xywh (converted to xyxy here), any number of sources K
 (`class_srcK` / `bbox_srcK`). Optional per-source masks `<input_dir>/masks/<file>_srcK.png`.
+An id list (e.g. AVGN's `music_duet_test.csv`, first field) selects a subset.
 
   python -m data_prep.music --input_dir=RAW --output_dir=DATA/music_duet \
-      [--annotations=RAW/music_duet.json] [--split=music_duet]
+      [--annotations=RAW/music_duet.json] [--ids=music_duet_test.csv] [--split=music_duet]
 """
 
 import os
@@ -42,10 +43,15 @@ def read_annotations(path: str) -> list[dict]:
   return common.read_json(path, 'MUSIC annotation file', parse, 'not a MUSIC annotation list')
 
 
-def list_clips(input_dir: str, annotations: str) -> tuple[list, list[str], int]:
-  """Clips, classes and the largest number of sources of a clip."""
+def list_clips(input_dir: str, annotations: str, ids: str = '') -> tuple[list, list[str], int]:
+  """Clips (those of the id list `ids` when given), classes and the largest number of
+  sources of a clip."""
+  entries = read_annotations(annotations)
+  if ids:
+    wanted = set(common.read_id_list(ids))
+    entries = [e for e in entries if e['file'] in wanted]
   clips, classes, most = [], set(), 1
-  for entry in read_annotations(annotations):
+  for entry in entries:
     srcs = sources(entry)
     names = [name for name, _ in srcs]
     masks = [common.find_file(os.path.join(input_dir, 'masks'), f'{entry["file"]}_src{k + 1}',
@@ -59,10 +65,10 @@ def list_clips(input_dir: str, annotations: str) -> tuple[list, list[str], int]:
   return clips, sorted(classes), most
 
 
-def convert(input_dir: str, output_dir: str, *, annotations: str = '',
+def convert(input_dir: str, output_dir: str, *, annotations: str = '', ids: str = '',
             split: str = 'music_duet', dataset: str = 'music', **kwargs) -> tfrecord.Manifest:
   annotations = annotations or os.path.join(input_dir, 'music_duet.json')
-  clips, classes, most = list_clips(input_dir, annotations)
+  clips, classes, most = list_clips(input_dir, annotations, ids)
   gt = tfrecord.GT_MULTISOURCE if most > 1 else tfrecord.GT_BOXES
   return common.convert(clips, output_dir, dataset=dataset, split=split, gt=gt,
                         classes=classes, source=input_dir, **kwargs)
@@ -71,11 +77,12 @@ def convert(input_dir: str, output_dir: str, *, annotations: str = '',
 def main(argv):
   del argv
   convert(flags.FLAGS.input_dir, flags.FLAGS.output_dir, annotations=flags.FLAGS.annotations,
-          split=flags.FLAGS.split, **common.flag_kwargs())
+          ids=flags.FLAGS.ids, split=flags.FLAGS.split, **common.flag_kwargs())
 
 
 if __name__ == '__main__':
   common.define_flags()
   flags.DEFINE_string('annotations', '', 'Annotation json (default: music_duet.json).')
+  flags.DEFINE_string('ids', '', 'Optional id list selecting a subset.')
   flags.DEFINE_string('split', 'music_duet', 'Split name written into the shard names.')
   app.run(main)

@@ -49,15 +49,22 @@ def found_ids(input_dir: str) -> list[str]:
 
 
 def convert(input_dir: str, output_dir: str, *, ids: str = '', labels: str = '',
-            split: str = 'vggsound', dataset: str = 'vggsound', **kwargs) -> tfrecord.Manifest:
+            split: str = 'vggsound', dataset: str = 'vggsound', log=print,
+            **kwargs) -> tfrecord.Manifest:
   clip_ids = common.read_id_list(ids) if ids else found_ids(input_dir)
   label_of = read_labels(labels) if labels else {}
+  unlabelled = [i for i in clip_ids if i not in label_of]
+  if labels and unlabelled:
+    log(f'warning: {len(unlabelled)} of {len(clip_ids)} clips have no label in {labels} '
+        f'(e.g. {", ".join(unlabelled[:3])}); labels are found by the id '
+        '<youtube id>_<start seconds, 6 digits>, as vggsound.csv lists them')
   clips = [common.Clip(id=i, **common.media_files(input_dir, i),
                        labels=[label_of[i]] if i in label_of else [])
            for i in clip_ids]
   classes = sorted(set(label_of.values()))
   return common.convert(clips, output_dir, dataset=dataset, split=split,
-                        gt=tfrecord.GT_NONE, classes=classes, source=input_dir, **kwargs)
+                        gt=tfrecord.GT_NONE, classes=classes, source=input_dir, log=log,
+                        **kwargs)
 
 
 def main(argv):

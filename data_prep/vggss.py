@@ -3,7 +3,8 @@
 Layout: `<input_dir>/frames/<id>.jpg` + `<input_dir>/audio/<id>.wav` (as the LVS / EZ-VSL
 code reads them) or `<input_dir>/video/<id>.mp4`; annotations `vggss.json`:
 `[{"file": id, "class": name, "bbox": [[xmin, ymin, xmax, ymax] in 0..1, ...]}, ...]`.
-An id list (`vggss_heard_test.csv`, `vggss_unheard_test.csv`) selects a subset.
+An id list (`vggss_heard_test.csv`, `vggss_unheard_test.csv`) selects a subset. Box
+coordinates outside [0, 1] are clipped as the official evaluations do (`vggss_box`).
 
   python -m data_prep.vggss --input_dir=RAW --output_dir=DATA/vggss \
       [--annotations=RAW/vggss.json] [--ids=vggss_heard_test.csv --split=vggss_heard110]
@@ -11,6 +12,7 @@ An id list (`vggss_heard_test.csv`, `vggss_unheard_test.csv`) selects a subset.
 
 import os
 
+import numpy as np
 from absl import app, flags
 
 from avloc.data import tfrecord
@@ -26,6 +28,16 @@ def read_annotations(path: str) -> list[dict]:
                           'not a vggss.json annotation list')
 
 
+def vggss_box(box) -> list[float]:
+  """A vggss.json box as the official evaluations read it (EZ-VSL and JSA `dataset.py:
+  load_all_bboxes`: `np.clip(bbox, 0, 1)`, then `bbox2gtmap` fills `[ymin:ymax,
+  xmin:xmax]`): each coordinate clipped to [0, 1]. A box whose max falls below its min
+  (12 test clips have a coordinate of -2.88e16) covers no pixel there; its max is raised
+  to its min: an empty box (zero width or height) that no map can hit."""
+  xmin, ymin, xmax, ymax = np.clip(np.asarray(box, np.float64), 0.0, 1.0).tolist()
+  return [xmin, ymin, max(xmax, xmin), max(ymax, ymin)]
+
+
 def list_clips(input_dir: str, annotations: str, ids: str = '') -> tuple[list, list[str]]:
   entries = read_annotations(annotations)
   if ids:
@@ -33,7 +45,8 @@ def list_clips(input_dir: str, annotations: str, ids: str = '') -> tuple[list, l
     entries = [e for e in entries if e['file'] in wanted]
   classes = sorted({e['class'] for e in entries})
   clips = [common.Clip(id=e['file'], **common.media_files(input_dir, e['file']),
-                       labels=[e['class']], boxes=e['bbox'], box_groups=[0] * len(e['bbox']))
+                       labels=[e['class']], boxes=[vggss_box(b) for b in e['bbox']],
+                       box_groups=[0] * len(e['bbox']))
            for e in entries]
   return clips, classes
 

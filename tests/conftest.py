@@ -15,3 +15,5 @@ flags.FLAGS.mark_as_parsed()
 _CACHE = tempfile.TemporaryDirectory(prefix='avloc-test-jax-cache-')
 jax.config.update('jax_compilation_cache_dir', _CACHE.name)
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+
+from tests.fake_gcs import gcs  # noqa: E402,F401  pylint: disable=unused-import,wrong-import-position  (fixture)

@@ -1,12 +1,18 @@
 """The Colab notebook (colab/avloc_demo.ipynb) runs headless (nbclient) on tiny settings:
-every cell on exported models (default suite) and with both trainings (slow)."""
+every cell on exported models (default suite) and with both trainings (slow); its install
+and upload cells on their own, with pip and Colab's upload replaced."""
 
+import importlib.util
 import os
+import subprocess
+import sys
+import types
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from avloc import predict
 from tests import exports
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,3 +68,54 @@ def test_notebook_trains_both_methods_and_shows_their_maps(tmp_path, monkeypatch
   assert 'jsa step 2 [iqr]' in text and 'noprior step 2' in text
   for method in ('jsa', 'noprior'):
     assert os.listdir(tmp_path / 'runs' / method / 'export') == ['2']
+
+
+def _cell(first_line: str) -> str:
+  """The source of the notebook's code cell that starts with `first_line`."""
+  notebook = nbformat.read(NOTEBOOK, as_version=4)
+  return next(cell.source for cell in notebook.cells
+              if cell.cell_type == 'code' and cell.source.startswith(first_line))
+
+
+def test_install_cell_installs_the_checkout_around_it_or_avloc_source(monkeypatch, tmp_path):
+  commands = []
+  monkeypatch.setattr(subprocess, 'run', lambda command, check: commands.append(command))
+  monkeypatch.setattr(importlib.util, 'find_spec', lambda name: None)  # not installed
+  monkeypatch.delenv('AVLOC_SOURCE', raising=False)
+  cell = _cell('# Install avloc')
+  pip = [sys.executable, '-m', 'pip', 'install', '-q']
+  monkeypatch.chdir(os.path.join(REPO, 'colab'))  # Jupyter started in a clone's colab/
+  exec(cell, {'AVLOC_SOURCE': ''})  # pylint: disable=exec-used
+  exec(cell, {'AVLOC_SOURCE': 'https://github.com/owner/avloc.git'})  # pylint: disable=exec-used
+  assert commands == [pip + [REPO], pip + ['git+https://github.com/owner/avloc.git']]
+  monkeypatch.chdir(tmp_path)  # no checkout around, nothing installed, no source given
+  with pytest.raises(RuntimeError, match='set AVLOC_SOURCE in the parameters cell'):
+    exec(cell, {'AVLOC_SOURCE': ''})  # pylint: disable=exec-used
+
+
+@pytest.mark.parametrize('uploaded,expected', [
+    ({'dog.jpg': b'jpeg'}, None),
+    ({'dog.jpg': b'jpeg', 'bark.wav': b'wav'},
+     dict(image='uploads/dog.jpg', audio='uploads/bark.wav')),
+    ({'clip.mp4': b'mp4', 'dog.jpg': b'jpeg'}, dict(video='uploads/clip.mp4')),
+])
+def test_upload_cell_predicts_a_pair_or_a_video_and_asks_for_what_is_missing(
+    uploaded, expected, monkeypatch, tmp_path, capsys):
+  colab = types.ModuleType('google.colab')
+  colab.files = types.SimpleNamespace(upload=lambda: uploaded)
+  monkeypatch.setitem(sys.modules, 'google.colab', colab)
+  monkeypatch.chdir(tmp_path)
+  calls = []
+
+  def fake_predict(checkpoint, output, localizer, **inputs):
+    calls.append(inputs)
+    return predict.Summary()
+
+  namespace = dict(os=os, jsa=None, display=None, ImageFile=None,
+                   predict=types.SimpleNamespace(input_kind=predict.input_kind,
+                                                 predict=fake_predict))
+  exec(_cell('try:\n  from google.colab import files'), namespace)  # pylint: disable=exec-used
+  assert calls == ([expected] if expected else [])
+  assert sorted(os.listdir(tmp_path / 'uploads')) == sorted(uploaded)
+  if expected is None:
+    assert 'Upload an image and an audio file, or a video; got: dog.jpg' in capsys.readouterr().out

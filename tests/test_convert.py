@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from avloc import checkpointing, convert, methods, sharding, train
+from avloc import checkpointing, methods, sharding, train, weights
 from avloc.data import audio as audio_lib
 from avloc.models import object_prior
 from avloc.models.resnet import IMAGENET_MEAN, IMAGENET_STD, ResNet18
@@ -227,7 +227,7 @@ def release():
   torch_image = torch.from_numpy(((image / 255.0 - mean) / std).astype(np.float32))
   return dict(
       config=config, net=net, state_dict=net.state_dict(),
-      variables=convert.jsa_from_torch(net.state_dict(), config),
+      variables=weights.jsa_from_torch(net.state_dict(), config),
       model=methods.get_method('jsa').build_model(config), image=image,
       spectrogram=spectrogram, torch_image=torch_image.permute(0, 3, 1, 2),
       torch_spectrogram=torch.from_numpy(spectrogram).permute(0, 3, 1, 2))
@@ -236,7 +236,7 @@ def release():
 def test_trunk_matches_torchvision_resnet18():
   torch.manual_seed(1)
   net = randomize(ResNet(4, 'fc'))
-  variables = convert.image_trunk_from_torchvision(net.state_dict())
+  variables = weights.image_trunk_from_torchvision(net.state_dict())
   x = np.random.default_rng(1).normal(size=(2, 64, 64, 3)).astype(np.float32)
   expected = numpy(net.trunk(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
   actual = ResNet18(width=4).apply(variables, x, train=False)
@@ -255,7 +255,7 @@ def test_object_prior_matches_ezvsl_saliency():
   saliency = features.abs().mean(1, keepdim=True)
   expected = F.interpolate(saliency, size=(96, 80), mode='bicubic', align_corners=False)
   actual = object_prior.object_prior_maps(
-      convert.image_trunk_from_torchvision(net.state_dict()), image)
+      weights.image_trunk_from_torchvision(net.state_dict()), image)
   assert actual.shape == (2, 96, 80) and saliency.shape[2:] == (3, 3)
   assert_close(actual, numpy(expected)[:, 0])
 
@@ -332,8 +332,8 @@ def test_errors_name_missing_unexpected_and_mismatched_keys(release):
   state['layer1.0.extra.weight'] = np.zeros(3, np.float32)
   state['layer3.1.conv2.weight'] = np.zeros((16, 16, 3, 5), np.float32)
   state['conv1.weight'] = np.zeros((4, 147), np.float32)
-  with pytest.raises(convert.ConversionError) as error:
-    convert.image_trunk_from_torchvision(state)
+  with pytest.raises(weights.ConversionError) as error:
+    weights.image_trunk_from_torchvision(state)
   message = str(error.value)
   assert 'missing torch keys (1): layer2.0.downsample.1.running_var' in message
   assert 'unexpected torch keys (1): layer1.0.extra.weight' in message
@@ -345,14 +345,14 @@ def test_errors_name_missing_unexpected_and_mismatched_keys(release):
 
   state = dict(release['state_dict'])
   del state['slot_attn.aud_gru.bias_hh']
-  with pytest.raises(convert.ConversionError, match=r'missing torch keys \(1\): '
+  with pytest.raises(weights.ConversionError, match=r'missing torch keys \(1\): '
                      r'slot_attn\.aud_gru\.bias_hh$'):
-    convert.jsa_from_torch(state, release['config'])
+    weights.jsa_from_torch(state, release['config'])
   wider = release['config'].copy_and_resolve_references()
   wider.model.mlp_dim = 64
-  with pytest.raises(convert.ConversionError, match='slot_attention/image/mlp_in/kernel: '
+  with pytest.raises(weights.ConversionError, match='slot_attention/image/mlp_in/kernel: '
                      r'the model has \(16, 64\), slot_attn\.img_mlp\.0\.weight \(32, 16\)'):
-    convert.jsa_from_torch(release['state_dict'], wider)
+    weights.jsa_from_torch(release['state_dict'], wider)
 
 
 def run_convert(kind, checkpoint, output, config, overrides):
@@ -381,16 +381,16 @@ def test_cli_round_trip_and_module_prefix(release, tmp_path):
 def test_imagenet_trunk_export_and_train_state_init(tmp_path):
   state = _resnet_state_dict()
   torch.save({k: torch.from_numpy(v) for k, v in state.items()}, tmp_path / 'resnet18.pth')
-  trunk = convert.image_trunk_from_torchvision(state)
-  export = convert.convert_checkpoint(
-      convert.TRUNK_KIND, str(tmp_path / 'resnet18.pth'), str(tmp_path / 'trunk'))
+  trunk = weights.image_trunk_from_torchvision(state)
+  export = weights.convert_checkpoint(
+      weights.TRUNK_KIND, str(tmp_path / 'resnet18.pth'), str(tmp_path / 'trunk'))
   assert export == str(tmp_path / 'trunk' / 'export' / '0')
   for source in ('trunk', 'resnet18.pth'):
     jax.tree_util.tree_map(np.testing.assert_array_equal,
-                           convert.load_image_trunk(str(tmp_path / source)), trunk)
+                           weights.load_image_trunk(str(tmp_path / source)), trunk)
   with pytest.raises(FileExistsError):
-    convert.convert_checkpoint(
-        convert.TRUNK_KIND, str(tmp_path / 'resnet18.pth'), str(tmp_path / 'trunk'))
+    weights.convert_checkpoint(
+        weights.TRUNK_KIND, str(tmp_path / 'resnet18.pth'), str(tmp_path / 'trunk'))
 
   config = small_config()
   config.model_init.image_trunk = str(tmp_path / 'trunk')
@@ -403,8 +403,8 @@ def test_imagenet_trunk_export_and_train_state_init(tmp_path):
   assert set(initial.params) == {'image_encoder', 'audio_encoder', 'slot_attention',
                                  'image_decoder', 'audio_decoder'}
 
-  wide = convert.image_trunk_from_torchvision(_resnet_state_dict(width=8))
-  with pytest.raises(convert.ConversionError, match=r'config\.model_init\.image_trunk does '
+  wide = weights.image_trunk_from_torchvision(_resnet_state_dict(width=8))
+  with pytest.raises(weights.ConversionError, match=r'config\.model_init\.image_trunk does '
                      r'not fit the model:\n  shape mismatch: batch_stats/bn1/mean: the model '
                      r'has \(4,\), the trunk gives \(8,\)'):
-    convert.merge_image_trunk(initial.params, initial.batch_stats, wide)
+    weights.merge_image_trunk(initial.params, initial.batch_stats, wide)

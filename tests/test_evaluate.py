@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from avloc import checkpointing, convert, evaluate, experiment, methods, sharding, train
+from avloc import checkpointing, evaluate, experiment, methods, sharding, train, weights
 from avloc.data import pipeline, tfrecord
 from avloc.metrics import grounding, localization, retrieval
 from avloc.models import object_prior
@@ -55,7 +55,7 @@ def _trunk_export(directory):
       'batch_stats': jax.tree_util.tree_map(
           lambda x: rng.uniform(0.5, 1.5, x.shape).astype(np.float32), shapes['batch_stats'])}
   exporter = checkpointing.Exporter(str(directory), best_metric='')
-  exporter.export(0, variables, ml_collections.ConfigDict({'kind': convert.TRUNK_KIND}), None)
+  exporter.export(0, variables, ml_collections.ConfigDict({'kind': weights.TRUNK_KIND}), None)
   exporter.close()
   return variables
 
@@ -207,7 +207,7 @@ def test_multisource_ground_truth_from_boxes_alone():
 
   def example(boxes, groups, masks):
     return dict(image=np.zeros((size, size, 3), np.uint8), spectrogram=np.zeros((4, 4, 1)),
-                index=0, valid=True, label=-1, num_sources=max(groups) + 1,
+                index=0, id='clip', valid=True, label=-1, num_sources=max(groups) + 1,
                 boxes=np.asarray(boxes, np.float32), box_groups=np.asarray(groups),
                 masks=masks, source_labels=np.asarray([-1] * (max(groups) + 1)))
 

@@ -20,7 +20,7 @@ def _tiny(module, data_root):
   config.data.image.update(size=32, train_resize=36)
   config.data.audio.update(seconds=0.5)
   config.data.num_workers = 0
-  config.model.update(dim=16, width=4)
+  config.model.update(dim=32, width=4)  # NoPrior: dim = 8 * width (no projection)
   if config.method == 'jsa':
     config.model.update(mlp_dim=32, iters=2)
     config.loss.k = 3

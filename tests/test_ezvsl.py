@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from avloc import checkpointing, convert, methods, train
+from avloc import checkpointing, methods, train, weights
 from configs import ezvsl as ezvsl_config
 from tests import dual_encoders as common
 from tests.test_convert import assert_close, numpy
@@ -40,7 +40,7 @@ def release():
   config = common.tiny_config('ezvsl')
   net = common.release_ezvsl(config)
   return dict(config=config, net=net, state_dict=net.state_dict(),
-              variables=convert.ezvsl_from_torch(net.state_dict(), config),
+              variables=weights.ezvsl_from_torch(net.state_dict(), config),
               batch=common.inputs(config))
 
 
@@ -90,19 +90,19 @@ def test_checkpoint_round_trip_and_errors(release, tmp_path):
   # train.py saves {'model': model.state_dict(), ...}, DistributedDataParallel-prefixed.
   torch.save({'model': {'module.' + k: v for k, v in release['state_dict'].items()},
               'epoch': 20}, checkpoint)
-  convert.convert_checkpoint('ezvsl', str(checkpoint), str(tmp_path / 'out'), release['config'])
+  weights.convert_checkpoint('ezvsl', str(checkpoint), str(tmp_path / 'out'), release['config'])
   config, variables = checkpointing.load_inference(str(tmp_path / 'out'))
   assert config.method == 'ezvsl'
   jax.tree_util.tree_map(np.testing.assert_array_equal, variables, release['variables'])
 
   state = {k: numpy(v) for k, v in release['state_dict'].items()}
   state['aud_proj.weight'] = state['aud_proj.weight'][:, :-1]
-  with pytest.raises(convert.ConversionError, match=r'audio_encoder/projection/kernel: the '
+  with pytest.raises(weights.ConversionError, match=r'audio_encoder/projection/kernel: the '
                      r'model has \(1, 1, 32, 16\), aud_proj\.weight \(16, 31\)'):
-    convert.ezvsl_from_torch(state, release['config'])
+    weights.ezvsl_from_torch(state, release['config'])
   with pytest.raises(ValueError, match="a ezvsl checkpoint needs config.method 'ezvsl', got "
                      "'lvs'"):
-    convert.ezvsl_from_torch(state, common.tiny_config('lvs'))
+    weights.ezvsl_from_torch(state, common.tiny_config('lvs'))
   with pytest.raises(ValueError, match=r'needs the config of its architecture '
                      r'\(--config=configs/ezvsl\.py\[:variant\]\)'):
-    convert.convert_checkpoint('ezvsl', str(checkpoint), str(tmp_path / 'again'))
+    weights.convert_checkpoint('ezvsl', str(checkpoint), str(tmp_path / 'again'))

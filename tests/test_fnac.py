@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from avloc import checkpointing, config as config_lib, convert, methods
+from avloc import checkpointing, config as config_lib, methods, weights
 from avloc.models import resnet
 from tests import dual_encoders as common
 from tests import exports
@@ -54,7 +54,7 @@ def release():
   config = common.tiny_config('fnac')
   net = common.release_ezvsl(config, seed=2)
   return dict(config=config, net=net, state_dict=net.state_dict(),
-              variables=convert.ezvsl_from_torch(net.state_dict(), config, kind='fnac'),
+              variables=weights.ezvsl_from_torch(net.state_dict(), config, kind='fnac'),
               batch=common.inputs(config, seed=2))
 
 
@@ -125,7 +125,7 @@ def test_dropout_acts_on_the_projection_input_when_training():
 def test_checkpoint_round_trip(release, tmp_path):
   checkpoint = tmp_path / 'best.pth'
   torch.save({'model': release['state_dict'], 'epoch': 30}, checkpoint)
-  convert.convert_checkpoint('fnac', str(checkpoint), str(tmp_path / 'out'), release['config'])
+  weights.convert_checkpoint('fnac', str(checkpoint), str(tmp_path / 'out'), release['config'])
   config, variables = checkpointing.load_inference(str(tmp_path / 'out'))
   assert config.method == 'fnac' and config.model.image_dropout == 0.9
   jax.tree_util.tree_map(np.testing.assert_array_equal, variables, release['variables'])

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from avloc import checkpointing, config as config_lib, convert, methods
+from avloc import checkpointing, config as config_lib, methods, weights
 from tests import dual_encoders as common
 from tests import test_convert
 from tests.test_convert import ResNet, assert_close, numpy, randomize
@@ -70,7 +70,7 @@ def release():
   torch.manual_seed(4)
   net = randomize(ReleaseAVENet(config.model.width))
   return dict(config=config, net=net, state_dict=net.state_dict(),
-              variables=convert.lvs_from_torch(net.state_dict(), config),
+              variables=weights.lvs_from_torch(net.state_dict(), config),
               batch=common.inputs(config, seed=4))
 
 
@@ -113,8 +113,8 @@ def test_cli_imports_the_release_checkpoint(release, tmp_path):
   state = {k: numpy(v) for k, v in release['state_dict'].items()}
   del state['audnet.layer4.0.downsample.1.running_mean']
   state['imgnet.extra.weight'] = np.zeros(2, np.float32)
-  with pytest.raises(convert.ConversionError) as error:
-    convert.lvs_from_torch(state, release['config'])
+  with pytest.raises(weights.ConversionError) as error:
+    weights.lvs_from_torch(state, release['config'])
   assert 'missing torch keys (1): audnet.layer4.0.downsample.1.running_mean' in str(error.value)
   assert 'unexpected torch keys (1): imgnet.extra.weight' in str(error.value)
 

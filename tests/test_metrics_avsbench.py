@@ -119,27 +119,32 @@ def test_fscore_matches_reference_on_random_maps():
       _reference_fmeasure(scores, gt, beta2=1.0), rel=1e-12)
 
 
-def test_fscore_per_batch_average():
+def test_fscore_per_video_average():
   rng = np.random.default_rng(2)
   scores, gt = _random_masks(rng, 11)
   expected = np.mean([_reference_fmeasure(scores[i:i + 5], gt[i:i + 5])
                       for i in range(0, 11, 5)])
-  assert avsbench.fscore(scores, gt, batch_size=5) == pytest.approx(expected, rel=1e-12)
-  assert avsbench.fscore(scores, gt, batch_size=5) != pytest.approx(
+  videos = np.arange(11) // 5
+  assert avsbench.fscore(scores, gt, groups=videos) == pytest.approx(expected, rel=1e-12)
+  assert avsbench.fscore(scores, gt, groups=videos) != pytest.approx(
       avsbench.fscore(scores, gt))
-  with pytest.raises(ValueError, match='batch_size must be >= 1'):
-    avsbench.fscore(scores, gt, batch_size=0)
+  # Frames grouped by their video, not by position: an interleaved order is the same.
+  order = rng.permutation(11)
+  assert avsbench.fscore(scores[order], gt[order], groups=[f'video{v}' for v in videos[order]]
+                         ) == pytest.approx(expected, rel=1e-12)
+  with pytest.raises(ValueError, match=r'groups must be \[N\] = \[11\]'):
+    avsbench.fscore(scores, gt, groups=videos[:5])
 
 
 def test_fscore_boundaries():
   empty = np.zeros((2, 4, 4))
   maps = np.full((2, 4, 4), 0.5)
   assert avsbench.fscore(maps, empty) == 0.0  # no sample with a sounding object
-  # A batch of empty ground truths scores 0 and still counts in the batch average.
+  # A video of empty ground truths scores 0 and still counts in the average.
   gt = np.zeros((2, 4, 4))
   gt[1, 0, 0] = 1
   maps[1, 0, 0] = 1.0
-  assert avsbench.fscore(maps, gt, batch_size=1) == pytest.approx(0.5)
+  assert avsbench.fscore(maps, gt, groups=[0, 1]) == pytest.approx(0.5)
   # All-zero prediction: only t = 0 marks pixels positive.
   assert avsbench.fscore(np.zeros((1, 2, 2)), np.array([[[1, 0], [0, 0]]])) == pytest.approx(
       1.3 * 0.25 / (0.3 * 0.25 + 1))

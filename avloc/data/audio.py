@@ -6,10 +6,19 @@ The release (`dataset.py: load_spectrogram_torchaudio`) takes the middle `second
 Hann window, reflect padding), then `log(x + 1e-7)` and `Normalize(0, 12)`. For 5 s this
 gives [257, 501]; for 3 s (NoPrior) [257, 301]. Everything here is NumPy: it runs in the
 input workers.
+
+Clips recorded at another rate are resampled to 16 kHz when they are read
+(avloc.data.media): by default as the releases do it (`sinc_resample`).
 """
+
+import math
 
 import ml_collections
 import numpy as np
+
+# config.data.audio.resampler / the converters' --resampler: 'sinc_hann' is the JSA
+# release's `torchaudio.transforms.Resample` (see `sinc_resample`), 'soxr_hq' libsoxr.
+RESAMPLERS = ('sinc_hann', 'soxr_hq')
 
 
 def num_samples(audio: ml_collections.ConfigDict) -> int:
@@ -19,6 +28,36 @@ def num_samples(audio: ml_collections.ConfigDict) -> int:
 def spectrogram_shape(audio: ml_collections.ConfigDict) -> tuple[int, int]:
   """(frequency bins, frames) of `log_spectrogram` for the config's clip length."""
   return audio.n_fft // 2 + 1, 1 + num_samples(audio) // audio.hop_length
+
+
+def sinc_resample(waveform: np.ndarray, rate: int, target_rate: int,
+                  lowpass_filter_width: int = 6, rolloff: float = 0.99) -> np.ndarray:
+  """[N] -> float32 [ceil(N * target_rate / rate)]: band-limited windowed-sinc
+  interpolation with a Hann window, torchaudio's default `Resample` (the JSA release's
+  `dataset.py: load_spectrogram_torchaudio`), written after
+  `torchaudio/functional/functional.py: _get_sinc_resample_kernel` and
+  `_apply_sinc_resample_kernel`, in float64.
+
+  With g = gcd(rate, target_rate), every block of rate / g input samples gives
+  target_rate / g outputs, each a dot product of the zero-padded input with one row of a
+  [target_rate / g, 2 w + rate / g] kernel: sinc at cut-off
+  min(rate, target_rate) * rolloff, windowed over `lowpass_filter_width` zero crossings.
+  """
+  if rate == target_rate:
+    return np.asarray(waveform, np.float32)
+  gcd = math.gcd(int(rate), int(target_rate))
+  orig, new = int(rate) // gcd, int(target_rate) // gcd
+  base = min(orig, new) * rolloff
+  width = math.ceil(lowpass_filter_width * orig / base)
+  times = (np.arange(-width, width + orig) / orig)[None, :] - (np.arange(new) / new)[:, None]
+  times = np.clip(times * base, -lowpass_filter_width, lowpass_filter_width)
+  window = np.cos(times * np.pi / lowpass_filter_width / 2) ** 2
+  kernel = np.sinc(times) * window * (base / orig)  # [new, 2 * width + orig]
+  length = waveform.shape[0]
+  padded = np.pad(np.asarray(waveform, np.float64), (width, width + orig))
+  frames = np.lib.stride_tricks.sliding_window_view(padded, kernel.shape[1])[::orig]
+  resampled = (frames @ kernel.T).reshape(-1)
+  return resampled[:math.ceil(new * length / orig)].astype(np.float32)
 
 
 def fit_length(waveform: np.ndarray, length: int) -> np.ndarray:

@@ -5,13 +5,15 @@ naming the file, so a converter can skip the input with that reason.
 """
 
 import os
+import warnings
 
 import av
 import librosa
 import numpy as np
 import soundfile
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
+from avloc.data import audio as audio_lib
 from avloc.data import image as image_lib
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
@@ -29,15 +31,46 @@ def _check_exists(path: str) -> None:
     raise MediaError(f'{path}: file not found')
 
 
+def _open_image(path: str) -> Image.Image:
+  """`Image.open`, except for an image above Pillow's decompression-bomb limit
+  (`Image.MAX_IMAGE_PIXELS`): a JPEG is set to decode at the largest reduced size under
+  the limit (DCT scaling by 1/2, 1/4 or 1/8, `Image.draft`); another format is opened
+  as Pillow does below twice the limit and refused (MediaError) above it."""
+  with warnings.catch_warnings():
+    warnings.simplefilter('error', Image.DecompressionBombWarning)
+    try:
+      return Image.open(path)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+      bomb = e
+  try:
+    image = JpegImagePlugin.JpegImageFile(path)  # the plugin itself makes no size check
+  except (SyntaxError, OSError, ValueError):  # not a JPEG
+    if isinstance(bomb, Image.DecompressionBombError):
+      raise MediaError(f'{path}: cannot decode image ({bomb} Only JPEG images are decoded '
+                       'at a reduced size.)') from None
+    return Image.open(path)
+  width, height = image.size
+  for scale in (2, 4, 8):
+    if -(-width // scale) * -(-height // scale) <= Image.MAX_IMAGE_PIXELS:
+      image.draft(image.mode, (max(width // scale, 1), max(height // scale, 1)))
+      return image
+  image.close()
+  raise MediaError(f'{path}: cannot decode image ({width}x{height} pixels exceed '
+                   f'Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS} even at 1/8 size)')
+
+
 def load_image(path: str) -> np.ndarray:
   """Image file of any PIL mode -> uint8 [H, W, 3] RGB, turned upright by its EXIF
-  orientation (as photo viewers show it)."""
+  orientation (as photo viewers show it). A JPEG above Pillow's decompression-bomb limit
+  comes back at a reduced size (see `_open_image`)."""
   _check_exists(path)
   try:
-    with Image.open(path) as image:
+    with _open_image(path) as image:
       image.load()
       array = np.asarray(image_lib.to_rgb(ImageOps.exif_transpose(image)))
-  except (UnidentifiedImageError, OSError, ValueError) as e:
+  except MediaError:
+    raise
+  except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
     raise MediaError(f'{path}: cannot decode image ({e})') from e
   if array.size == 0:
     raise MediaError(f'{path}: empty image ({array.shape[1]}x{array.shape[0]} pixels)')
@@ -50,16 +83,35 @@ def to_mono(samples: np.ndarray) -> np.ndarray:
   return samples.mean(axis=1) if samples.ndim == 2 else samples
 
 
-def resample(waveform: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
+def resample(waveform: np.ndarray, rate: int, target_rate: int,
+             method: str = 'sinc_hann') -> np.ndarray:
+  """[N] -> float32 [~N * target_rate / rate] with one of audio.RESAMPLERS: 'sinc_hann'
+  (the releases' torchaudio Resample) or 'soxr_hq'."""
+  if method not in audio_lib.RESAMPLERS:
+    raise ValueError(f'resampler must be one of {audio_lib.RESAMPLERS}, got {method!r}')
   if rate == target_rate:
     return waveform.astype(np.float32)
+  if method == 'sinc_hann':
+    return audio_lib.sinc_resample(waveform, rate, target_rate)
   return librosa.resample(waveform, orig_sr=rate, target_sr=target_rate,
                           res_type='soxr_hq').astype(np.float32)
 
 
-def load_audio(path: str, sample_rate: int) -> np.ndarray:
+def check_waveform(path: str, waveform: np.ndarray | None) -> np.ndarray:
+  """The decoded waveform of `path` if it is usable; MediaError for a missing audio
+  track, NaN or infinite samples, or silence (every sample zero)."""
+  if waveform is None:
+    raise MediaError(f'{path}: no audio track')
+  if not np.all(np.isfinite(waveform)):
+    raise MediaError(f'{path}: NaN or infinite audio samples')
+  if not np.any(waveform):
+    raise MediaError(f'{path}: silent audio (all samples are zero)')
+  return waveform
+
+
+def load_audio(path: str, sample_rate: int, resampler: str = 'sinc_hann') -> np.ndarray:
   """Audio file (wav, flac, ogg via libsndfile; anything else via FFmpeg) -> float32
-  mono [N] at `sample_rate`."""
+  mono [N] at `sample_rate` (`resampler`: see `resample`)."""
   _check_exists(path)
   try:
     samples, rate = soundfile.read(path, dtype='float32', always_2d=False)
@@ -68,7 +120,7 @@ def load_audio(path: str, sample_rate: int) -> np.ndarray:
     if waveform is None:
       raise MediaError(f'{path}: no audio track') from None
     return waveform
-  waveform = resample(to_mono(samples), rate, sample_rate)
+  waveform = resample(to_mono(samples), rate, sample_rate, resampler)
   if waveform.size == 0:
     raise MediaError(f'{path}: no audio samples')
   return waveform

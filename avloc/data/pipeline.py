@@ -16,6 +16,7 @@ Evaluation: every record in order, deterministic transforms, the last batch padd
 marked by `valid`.
 """
 
+import functools
 import os
 import threading
 
@@ -23,10 +24,11 @@ import grain
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 
 from avloc.data import audio as audio_lib
 from avloc.data import image as image_lib
-from avloc.data import tfrecord
+from avloc.data import tfrecord, workers
 
 
 class RecordSource:
@@ -34,8 +36,8 @@ class RecordSource:
   iterate over indices and read inside their transforms, so a corrupt record is
   reported (or skipped) like any other bad record."""
 
-  def __init__(self, split_dir: str):
-    self.split_dir = split_dir
+  def __init__(self, split_dir: epath.PathLike):
+    self.split_dir = str(split_dir)  # a str pickles into worker processes as it is
     self.manifest = tfrecord.read_manifest(split_dir)
     self._locations = [(shard.file, offset) for shard in self.manifest.shards
                        for offset in shard.offsets]
@@ -47,16 +49,16 @@ class RecordSource:
 
   def location(self, index: int) -> str:
     file, offset = self._locations[index]
-    return f'{os.path.join(self.split_dir, file)} (record {index}, byte {offset})'
+    return f'{epath.Path(self.split_dir) / file} (record {index}, byte {offset})'
 
   def read(self, index: int) -> bytes:
     file, offset = self._locations[index]
-    path = os.path.join(self.split_dir, file)
+    path = epath.Path(self.split_dir) / file
     with self._lock:  # file handles are per process (opened lazily, after fork)
       key = (os.getpid(), file)
       if key not in self._files:
-        self._files[key] = open(path, 'rb')  # pylint: disable=consider-using-with
-      return tfrecord.read_record_at(self._files[key], offset, path)
+        self._files[key] = path.open('rb')  # pylint: disable=consider-using-with
+      return tfrecord.read_record_at(self._files[key], offset, str(path))
 
   def __getstate__(self):
     state = dict(self.__dict__)
@@ -162,23 +164,26 @@ def train_dataset(config: ml_collections.ConfigDict, split_dir: str, *, seed: in
 
 
 def _prefetch(dataset: grain.IterDataset, config) -> grain.IterDataset:
+  """`data.num_workers` worker processes (none for 0), which end with this process."""
   if config.data.num_workers == 0:
     return dataset
   return dataset.mp_prefetch(grain.MultiprocessingOptions(
       num_workers=config.data.num_workers,
-      per_worker_buffer_size=config.data.worker_buffer_size))
+      per_worker_buffer_size=config.data.worker_buffer_size),
+      worker_init_fn=functools.partial(workers.watch_parent, os.getpid()))
 
 
 # Evaluation ---------------------------------------------------------------------------
 
-EVAL_KEYS = ('image', 'spectrogram', 'index', 'valid', 'label', 'boxes', 'box_groups',
+EVAL_KEYS = ('image', 'spectrogram', 'index', 'id', 'valid', 'label', 'boxes', 'box_groups',
              'masks', 'num_sources', 'source_labels')
 
 
 def eval_example(example: dict, index: int, classes: list[str],
                  config: ml_collections.ConfigDict) -> dict:
   """Decoded record -> evaluation inputs and ground truth of one sample:
-  image uint8 [S, S, 3], spectrogram [F, T, 1], boxes [N, 4] normalized xyxy,
+  image uint8 [S, S, 3], spectrogram [F, T, 1], id (the record's clip id, str),
+  boxes [N, 4] normalized xyxy,
   box_groups [N], masks bool [M, S, S], num_sources, label (class index, -1 unless
   exactly one source), source_labels [num_sources]."""
   size = config.data.image.size
@@ -192,6 +197,7 @@ def eval_example(example: dict, index: int, classes: list[str],
       image=image_lib.eval_transform(example['image'], config.data.image),
       spectrogram=_spectrogram(waveform, config, None),
       index=index,
+      id=example['id'].decode('utf-8'),
       valid=True,
       label=source_labels[0] if len(source_labels) == 1 else -1,
       boxes=np.asarray(example['boxes'], np.float32).reshape(-1, 4),
@@ -217,7 +223,7 @@ def collate_eval(examples: list[dict], batch_size: int) -> dict:
   padding = batch_size - len(examples)
   examples = list(examples) + [dict(examples[-1], valid=False, index=-1)] * padding
   batch = {key: np.stack([e[key] for e in examples])
-           for key in ('image', 'spectrogram', 'index', 'valid', 'label', 'num_sources')}
+           for key in ('image', 'spectrogram', 'index', 'id', 'valid', 'label', 'num_sources')}
   batch['boxes'] = _pad_to([e['boxes'] for e in examples], 0.0)
   batch['box_groups'] = _pad_to([e['box_groups'] for e in examples], -1)
   batch['masks'] = _pad_to([e['masks'] for e in examples], False)

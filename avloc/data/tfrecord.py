@@ -13,19 +13,23 @@ log spectrogram, NoPrior mixes waveforms of several clips before the STFT, and t
 costs about 2 ms per 5 s clip in the input workers (see benchmarks/input_pipeline.py).
 
 Shards and their index files are written to a temporary name and renamed into place,
-so an interrupted writer never leaves a half shard behind.
+so an interrupted writer never leaves a half shard behind. Reading goes through
+`etils.epath`, so a split may also lie in Cloud Storage (`gs://...`, see avloc.paths).
 """
 
 import dataclasses
 import json
 import os
 import struct
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, BinaryIO
 
 import google_crc32c
 import numpy as np
+from etils import epath
 from tensorflow_datasets.proto import tf_example_pb2
+
+from avloc import paths
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = 'manifest.json'
@@ -111,11 +115,12 @@ def read_record_at(f: BinaryIO, offset: int, path: str = '?') -> bytes:
   return data
 
 
-def scan_offsets(path: str) -> list[int]:
+def scan_offsets(path: epath.PathLike) -> list[int]:
   """Byte offsets of every record of a TFRecord file (reads headers only)."""
   offsets = []
-  size = os.path.getsize(path)
-  with open(path, 'rb') as f:
+  path = epath.Path(path)
+  size = path.stat().length
+  with path.open('rb') as f:
     offset = 0
     while offset < size:
       f.seek(offset)
@@ -132,9 +137,9 @@ def scan_offsets(path: str) -> list[int]:
   return offsets
 
 
-def iter_records(path: str) -> Iterator[bytes]:
+def iter_records(path: epath.PathLike) -> Iterator[bytes]:
   """Yields the CRC-checked payloads of a TFRecord file in order."""
-  with open(path, 'rb') as f:
+  with epath.Path(path).open('rb') as f:
     for offset in scan_offsets(path):
       yield read_record_at(f, offset, path)
 
@@ -225,22 +230,30 @@ def _index_path(shard_path: str) -> str:
   return shard_path[: -len('.tfrecord')] + '.index.json'
 
 
-def _atomic_write_bytes(path: str, chunks: Iterable[bytes]) -> None:
-  tmp = f'{path}.tmp-{os.getpid()}'
+def _running(pid: int) -> bool:
   try:
-    with open(tmp, 'wb') as f:
-      for chunk in chunks:
-        f.write(chunk)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # another user's process
+    return True
+  return True
 
 
-def atomic_write_json(path: str, value: Any) -> None:
-  _atomic_write_bytes(path, [json.dumps(value, indent=1).encode('utf-8')])
+def remove_stale_temporaries(directory: str) -> list[str]:
+  """Removes the temporary files (`<file>.tmp-<pid>`) that writers killed mid-write left
+  in `directory`, those of processes no longer running; returns their names."""
+  removed = []
+  for name in sorted(os.listdir(directory)):
+    pid = name.rpartition(paths.TMP_INFIX)[2]
+    if paths.TMP_INFIX in name and pid.isdigit() and not _running(int(pid)):
+      os.remove(os.path.join(directory, name))
+      removed.append(name)
+  return removed
+
+
+def atomic_write_json(path: epath.PathLike, value: Any) -> None:
+  paths.write_bytes_atomic(path, [json.dumps(value, indent=1).encode('utf-8')])
 
 
 @dataclasses.dataclass
@@ -266,7 +279,7 @@ def write_shard(
     offsets.append(position)
     position += len(frame)
     frames.append(frame)
-  _atomic_write_bytes(path, frames)
+  paths.write_bytes_atomic(path, frames)
   info = ShardInfo(os.path.basename(path), len(offsets), offsets, [dict(s) for s in skipped])
   atomic_write_json(_index_path(path), dataclasses.asdict(info))
   return info
@@ -326,17 +339,16 @@ def write_manifest(directory: str, manifest: Manifest) -> str:
   return path
 
 
-def read_manifest(directory: str) -> Manifest:
+def read_manifest(directory: epath.PathLike) -> Manifest:
   """Reads and checks `<directory>/manifest.json`; errors name the file."""
-  path = os.path.join(directory, MANIFEST_NAME)
-  if not os.path.exists(path):
+  path = epath.Path(directory) / MANIFEST_NAME
+  if not path.exists():
     raise FileNotFoundError(
         f'{path} not found: {directory} is not a prepared avloc split '
         '(run a data_prep converter first, see README "Preparing datasets")'
     )
   try:
-    with open(path) as f:
-      value = json.load(f)
+    value = json.loads(path.read_text())
   except ValueError as e:
     raise FormatError(f'{path}: not valid JSON ({e})') from e
   if value.get('format_version') != FORMAT_VERSION:
@@ -357,7 +369,6 @@ def read_manifest(directory: str) -> Manifest:
   if manifest.gt not in GT_KINDS:
     raise FormatError(f'{path}: gt "{manifest.gt}" is not one of {GT_KINDS}')
   for shard in shards:
-    shard_path = os.path.join(directory, shard.file)
-    if not os.path.exists(shard_path):
+    if not (epath.Path(directory) / shard.file).exists():
       raise FileNotFoundError(f'{path}: lists shard {shard.file}, which is missing')
   return manifest

@@ -7,8 +7,8 @@ works make as well: the official functions take segmentation logits and apply a 
 and the normalized map in [0, 1] to `fscore`, with no sigmoid.
 
 AVSBench's `test.py` evaluates one video (5 frames) per batch and averages the per-batch
-values: `miou` is then the plain mean over frames, while `fscore` must be given
-`batch_size=5` (frames of one video in consecutive order) to reproduce that protocol.
+values: `miou` is then the plain mean over frames, while `fscore` must be given the video
+of every frame (`groups`) to reproduce that protocol.
 """
 
 import numpy as np
@@ -85,7 +85,7 @@ def _fscore_curve(pred_maps, gt, beta2, thresholds):
 
 
 def fscore(pred_maps, gt, beta2: float = 0.3, num_thresholds: int = 255,
-           batch_size: int | None = None) -> float:
+           groups=None) -> float:
   """AVSBench F-score (`Eval_Fmeasure`): max over thresholds of the mean per-sample F_beta.
 
   pred_maps [N, H, W] with values in [0, 1], gt [N, H, W] binary. Thresholds are
@@ -93,24 +93,24 @@ def fscore(pred_maps, gt, beta2: float = 0.3, num_thresholds: int = 255,
   in the official torch code. Samples whose ground truth is empty are skipped; a batch
   with no sample left scores 0.0 (the official `score` stays zeros).
 
-  batch_size: None evaluates the N samples as one batch. Otherwise the samples are cut
-  into consecutive batches of `batch_size` (the last may be shorter), each batch gets its
-  own maximum over thresholds, and the batch values are averaged, as AVSBench `test.py`
-  does with its `AverageMeter` (one 5-frame video per batch: `batch_size=5`).
+  groups: None evaluates the N samples as one batch. Otherwise [N] labels (the video of
+  each frame, in any order): each group gets its own maximum over thresholds and the
+  group values are averaged, as AVSBench `test.py` does with its `AverageMeter` over
+  batches of one video each; a video with a missing frame is a smaller group.
   """
   pred_maps, gt = _check_pair(pred_maps, gt, 'prediction maps')
-  if batch_size is not None and batch_size < 1:
-    raise ValueError(f'batch_size must be >= 1 or None; got {batch_size}')
+  groups = np.zeros(len(pred_maps), np.int64) if groups is None else np.asarray(groups)
+  if groups.shape != (len(pred_maps),):
+    raise ValueError(f'groups must be [N] = [{len(pred_maps)}], got {groups.shape}')
   if len(pred_maps) == 0:
     raise ValueError('fscore needs at least one sample')
   pred_maps = pred_maps.astype(np.float32)
   if not np.all(np.isfinite(pred_maps)):
     raise ValueError('prediction maps hold non-finite values')
   thresholds = fscore_thresholds(num_thresholds)
-  step = len(pred_maps) if batch_size is None else batch_size
   scores = []
-  for start in range(0, len(pred_maps), step):
-    curve = _fscore_curve(pred_maps[start:start + step], gt[start:start + step], beta2,
-                          thresholds)
+  for group in dict.fromkeys(groups.tolist()):
+    members = groups == group
+    curve = _fscore_curve(pred_maps[members], gt[members], beta2, thresholds)
     scores.append(0.0 if curve is None else float(curve.max()))
   return float(np.mean(scores))

@@ -20,7 +20,7 @@ their median).
 import flax.linen as nn
 import jax.numpy as jnp
 
-from avloc.models.resnet import IMAGENET_MEAN, IMAGENET_STD, AudioEncoder, ImageEncoder
+from avloc.models.resnet import AudioEncoder, ImageEncoder
 from avloc.models.similarity import l2_normalize, similarity_maps
 
 
@@ -38,18 +38,19 @@ def audio_visual(image_features, audio_features):
 
 
 class DualEncoder(nn.Module):
-  """uint8 image [B, H, W, 3] and spectrogram [B, F, T, 1] -> cosine maps."""
+  """uint8 image [B, H, W, 3] and spectrogram [B, F, T, 1] -> cosine maps. The fields
+  have no defaults: their values live in the config (avloc.config.dual_encoder_config)."""
 
-  dim: int = 512
-  width: int = 64
-  stem_pool: bool = True
-  projection: bool = True
-  image_last_stride: int = 2  # ResNet18.last_stride of each trunk
-  audio_last_stride: int = 2
-  image_dropout: float = 0.0
-  audio_dropout: float = 0.0
-  image_mean: tuple[float, ...] = IMAGENET_MEAN
-  image_std: tuple[float, ...] = IMAGENET_STD
+  dim: int
+  width: int
+  stem_pool: bool
+  projection: bool
+  image_last_stride: int  # ResNet18.last_stride of each trunk
+  audio_last_stride: int
+  image_dropout: float
+  audio_dropout: float
+  image_mean: tuple[float, ...]
+  image_std: tuple[float, ...]
   dtype: jnp.dtype = jnp.float32
 
   def setup(self):

@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from avloc.models.resnet import IMAGENET_MEAN, IMAGENET_STD, AudioEncoder, ImageEncoder
+from avloc.models.resnet import AudioEncoder, ImageEncoder
 from avloc.models.similarity import l2_normalize, own_maps, similarity_maps
 
 # Guards divisions by norms, and the mean of E_n when the mask covers every cell.
@@ -237,21 +237,22 @@ def identify_sources(image_cells, audio_map, *, mask_alpha, mask_omega, epsilon,
 
 class NoPrior(nn.Module):
   """NoPrior model. uint8 image [B, H, W, 3] (W = n * H for n-frame mixtures),
-  spectrogram [B, F, T, 1]."""
+  spectrogram [B, F, T, 1]. The fields have no defaults: their values, and what each
+  means, are in the `model` block of configs/noprior.py."""
 
-  dim: int = 512
-  width: int = 64
-  stem_pool: bool = True
-  image_last_stride: int = 2  # 1: stride-16 image features (ResNet18.last_stride)
-  projection: bool = False
-  mask_alpha: float = 0.65
-  mask_omega: float = 0.03
-  ioi_epsilon: float = 0.1
-  tau1: float = 0.7
-  tau2: float = 0.6
-  max_objects: int = 8
-  image_mean: tuple[float, ...] = IMAGENET_MEAN
-  image_std: tuple[float, ...] = IMAGENET_STD
+  dim: int
+  width: int
+  stem_pool: bool
+  image_last_stride: int  # 1: stride-16 image features (ResNet18.last_stride)
+  projection: bool
+  mask_alpha: float
+  mask_omega: float
+  ioi_epsilon: float
+  tau1: float
+  tau2: float
+  max_objects: int
+  image_mean: tuple[float, ...]
+  image_std: tuple[float, ...]
   dtype: jnp.dtype = jnp.float32
 
   def setup(self):

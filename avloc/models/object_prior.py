@@ -10,14 +10,15 @@ the JSA release's `test_model.py` builds the same model). The blend itself is
 import flax.linen as nn
 import jax.numpy as jnp
 
+from avloc.constants import IMAGENET_MEAN, IMAGENET_STD
 from avloc.models import maps
-from avloc.models.resnet import IMAGENET_MEAN, IMAGENET_STD, ResNet18, normalize_pixels
+from avloc.models.resnet import ResNet18, normalize_pixels
 
 
 class ObjectSaliency(nn.Module):
   """uint8 image [B, H, W, 3] -> saliency [B, h, w] = mean_c |ResNet18(image)[..., c]|.
 
-  The trunk is frozen ImageNet weights (`avloc.convert.load_image_trunk`), run with its
+  The trunk is frozen ImageNet weights (`avloc.weights.load_image_trunk`), run with its
   BatchNorm running statistics.
   """
 

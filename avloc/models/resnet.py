@@ -2,7 +2,7 @@
 
 The trunk is torchvision's ResNet-18 (BasicBlock, [2, 2, 2, 2], BatchNorm) in NHWC with
 the same explicit paddings, so torchvision and official-release weights load exactly
-(avloc/convert.py). `width` scales every stage (64 is the paper's network).
+(avloc/weights.py). `width` scales every stage (64 is the paper's network).
 """
 
 from collections.abc import Sequence
@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from avloc.constants import IMAGENET_MEAN, IMAGENET_STD
 from avloc.models import pooling
 
 # torchvision's BatchNorm2d: momentum 0.1 (flax: 0.9 for the running average), eps 1e-5.
@@ -80,10 +81,6 @@ class ResNet18(nn.Module):
         x = BasicBlock(self.width * 2**stage, stride, self.dtype,
                        name=f'layer{stage + 1}_{block}')(x, train)
     return x
-
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def normalize_pixels(image, mean, std):

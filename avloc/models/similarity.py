@@ -2,12 +2,17 @@
 NoPrior (and `l2_normalize`, used by JSA's losses too). Pure jnp functions.
 """
 
+import jax
 import jax.numpy as jnp
 
 
 def l2_normalize(x, axis=-1, eps=1e-12):
-  """x / max(|x|, eps) along `axis` (torch's `F.normalize`)."""
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), eps)
+  """x / max(|x|, eps) along `axis` (torch's `F.normalize`), gradients included: written
+  as x * rsqrt(max(|x|^2, eps^2)), so a zero vector (a cell whose channels dropout or a
+  ReLU zeroed) gets torch's finite gradient 1 / eps, where the gradient of
+  `jnp.linalg.norm` at zero is NaN and would make every parameter NaN."""
+  squared = jnp.sum(x * x, axis=axis, keepdims=True)
+  return x * jax.lax.rsqrt(jnp.maximum(squared, jnp.asarray(eps * eps, squared.dtype)))
 
 
 def similarity_maps(cells, audio):
