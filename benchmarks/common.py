@@ -4,8 +4,10 @@ import dataclasses
 import os
 import platform
 import resource
+import statistics
 import sys
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -20,13 +22,50 @@ from avloc import methods, sharding  # noqa: E402  pylint: disable=g-import-not-
 
 
 def timed(fn, *args, repeats: int = 3, warmup: int = 1) -> float:
-  """Mean wall time of fn(*args) in seconds, after `warmup` calls, waiting on results."""
+  """Median wall time of fn(*args) in seconds over `repeats` calls after `warmup` calls,
+  waiting on results."""
   for _ in range(warmup):
     jax.block_until_ready(fn(*args))
-  start = time.perf_counter()
+  times = []
   for _ in range(repeats):
+    start = time.perf_counter()
     jax.block_until_ready(fn(*args))
-  return (time.perf_counter() - start) / repeats
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+@dataclasses.dataclass
+class Timing:
+  """Medians per call: wall seconds, CPU seconds of this process (all its threads) and
+  minor page faults."""
+  wall: float
+  cpu: float
+  faults: float
+
+
+def interleaved(calls: dict[str, Callable[[], object]], repeats: int,
+                warmup: int = 1) -> dict[str, Timing]:
+  """Times each call, the calls taking turns: after `warmup` rounds, `repeats` rounds of
+  one call each, so that a change of machine load hits all of them alike. A call must
+  return only when its work is done (jax: block on its results)."""
+  samples = {name: [] for name in calls}
+  for round_ in range(warmup + repeats):
+    for name, call in calls.items():
+      before = resource.getrusage(resource.RUSAGE_SELF)
+      start = time.perf_counter()
+      call()
+      wall = time.perf_counter() - start
+      after = resource.getrusage(resource.RUSAGE_SELF)
+      if round_ >= warmup:
+        samples[name].append((wall, after.ru_utime + after.ru_stime - before.ru_utime
+                              - before.ru_stime, after.ru_minflt - before.ru_minflt))
+  return {name: Timing(*(statistics.median(s[i] for s in values) for i in range(3)))
+          for name, values in samples.items()}
+
+
+def load_average() -> str:
+  """The 1, 5 and 15 minute load averages, to print beside every table."""
+  return 'load average ' + ' '.join(f'{x:.2f}' for x in os.getloadavg())
 
 
 def matmul_peak(size: int = 2048, dtype=jnp.float32, repeats: int = 5) -> float:
@@ -42,6 +81,60 @@ def compiled_flops(jitted, *args) -> float:
   if isinstance(analysis, list):  # older jax returns one dict per device program
     analysis = analysis[0]
   return float(analysis.get('flops', float('nan')))
+
+
+# Dense peak FLOP/s per chip for MFU, by device_kind substring (first match wins):
+# (float32, bfloat16). float32 is the TF32 tensor-core rate on NVIDIA Ampere and later
+# (XLA's default precision for float32 matmuls there), the MXU's rate on TPU (float32
+# matmuls run as bfloat16 passes at default precision).
+DEVICE_PEAKS = (
+    ('H200', (494e12, 989e12)),
+    ('H100', (494e12, 989e12)),
+    ('A100', (156e12, 312e12)),
+    ('L4', (60e12, 121e12)),
+    ('A10', (62.5e12, 125e12)),
+    ('V100', (15.7e12, 125e12)),
+    ('T4', (8.1e12, 65e12)),
+    ('TPU v6', (918e12, 918e12)),
+    ('TPU v5 lite', (197e12, 197e12)),
+    ('TPU v5e', (197e12, 197e12)),
+    ('TPU v5', (459e12, 459e12)),
+    ('TPU v4', (275e12, 275e12)),
+    ('TPU v3', (123e12, 123e12)),
+)
+
+
+def device_peak(dtype: str, device=None) -> float | None:
+  """The device's peak FLOP/s for `dtype` ('float32' / 'bfloat16') from DEVICE_PEAKS, or
+  None (CPUs, unknown accelerators: measure a matmul instead, `matmul_peak`)."""
+  device = device or jax.devices()[0]
+  if device.platform == 'cpu':
+    return None
+  for name, (float32, bfloat16) in DEVICE_PEAKS:
+    if name.lower() in device.device_kind.lower():
+      return bfloat16 if dtype == 'bfloat16' else float32
+  return None
+
+
+def peak_flops(dtype: str) -> tuple[float, str]:
+  """(peak FLOP/s, what it is): the device table's peak on a known accelerator (MFU),
+  else the measured FLOP/s of a large matmul of that dtype (utilization vs matmul)."""
+  peak = device_peak(dtype)
+  if peak is not None:
+    return peak, 'MFU'
+  return matmul_peak(dtype=jnp.bfloat16 if dtype == 'bfloat16' else jnp.float32), 'util.'
+
+
+def encoder_gradient(model, variables: dict, field: str):
+  """jit(grad) of sum(f(x)^2) over the params for encoder `field` ('image_encoder' or
+  'audio_encoder') of `model` in training mode: one encoder's forward + backward."""
+  def loss(params, x):
+    def forward(module, x):
+      return getattr(module, field)(x, train=True)
+    out, _ = model.apply({**variables, 'params': params}, x, method=forward,
+                         mutable=['batch_stats'])
+    return jnp.sum(out.astype(jnp.float32) ** 2)
+  return jax.jit(jax.grad(loss))
 
 
 def peak_host_memory_gib() -> float:
@@ -64,18 +157,26 @@ class TrainSetup:
   batch: dict
 
 
-def train_setup(config, batch_size: int, devices=None, seed: int = 0) -> TrainSetup:
-  """Train state, compiled-on-first-call step and a random batch for `config`."""
+def train_setup(config, batch_size: int, devices=None, seed: int = 0, variables=None,
+                inputs=None) -> TrainSetup:
+  """Train state, compiled-on-first-call step and a random batch for `config`; with
+  `variables` ({'params', 'batch_stats'}) the state starts from them, with `inputs`
+  ({'image': uint8 [B, H, W, 3], 'spectrogram': [B, F, T, 1]}) the batch is those."""
   from avloc import train  # pylint: disable=g-import-not-at-top  (pulls in the data stack)
   method = methods.get_method(config.method)
   mesh = sharding.make_mesh(devices)
   model = method.build_model(config)
   tx = train.make_optimizer(config.optim, optax.constant_schedule(config.optim.learning_rate))
   state = train.create_train_state(config, model, tx, mesh)
+  if variables is not None:
+    params = jax.device_put(variables['params'], sharding.replicated(mesh))
+    state = state.replace(params=params, opt_state=jax.jit(tx.init)(params),
+                          batch_stats=jax.device_put(variables['batch_stats'],
+                                                     sharding.replicated(mesh)))
   step = train.make_train_step(config, model, method, tx, mesh, steps_per_epoch=1)
   shapes = train.input_shapes(config, batch_size, train=True)
   rng = np.random.default_rng(seed)
-  batch = sharding.global_batch({
+  batch = sharding.global_batch(inputs or {
       'image': rng.integers(0, 256, shapes['image'].shape).astype(np.uint8),
       'spectrogram': rng.normal(size=shapes['spectrogram'].shape).astype(np.float32),
   }, mesh)

@@ -4,26 +4,30 @@ r"""Train step throughput, compile time, memory and FLOP utilization; prints a t
   python benchmarks/train_step.py --config=configs/jsa.py --batch_sizes=64,256 \
       --dtypes=float32,bfloat16   # the paper model, on an accelerator
 
-FLOP utilization = XLA's FLOP count of one compiled step / step time, over the FLOP/s
-of a large matmul of the same dtype measured in the same run. Where it is below 50%,
-the second table times the image and the audio encoder (forward + backward each) and
-gives their own utilization, so it says which part dominates and how far it is from peak.
+The step time is the median of `--repeats` steps after `--warmup` steps (the first steps
+after compiling are slower: on 2 CPU cores the first ~1.3x). FLOP utilization = XLA's
+FLOP count of one compiled step (its cost analysis) / step time, over a peak: on a GPU or
+TPU listed in `common.DEVICE_PEAKS` the chip's dense peak for the dtype (MFU), else (CPU)
+the FLOP/s of a large matmul of the same dtype measured in the same run. Where it is
+below 50%, the second table times the image and the audio encoder (forward + backward
+each) and gives their own utilization, so it says which part dominates and how far it
+is from peak.
 """
 
 import time
 
 import common  # sets up the import path; pylint: disable=g-bad-import-order
 import jax
-import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
-from avloc import methods
+from avloc import methods, platform
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/jsa.py:synthetic', 'Config.')
 _BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['16', '32', '64'], 'Global batch sizes.')
 _DTYPES = flags.DEFINE_list('dtypes', ['float32'], 'Compute dtypes (train.compute_dtype).')
-_REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed steps per setting.')
+_REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed steps per setting (median).')
+_WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps after compiling.')
 
 
 def encoder_costs(config, setup) -> dict[str, tuple[float, float]]:
@@ -33,13 +37,7 @@ def encoder_costs(config, setup) -> dict[str, tuple[float, float]]:
   costs = {}
   for name, field, inputs in (('image encoder', 'image_encoder', setup.batch['image']),
                               ('audio encoder', 'audio_encoder', setup.batch['spectrogram'])):
-    def loss(params, x, field=field):
-      def forward(module, x):
-        return getattr(module, field)(x, train=True)
-      out, _ = model.apply({**variables, 'params': params}, x, method=forward,
-                           mutable=['batch_stats'])
-      return jnp.sum(out.astype(jnp.float32) ** 2)
-    gradient = jax.jit(jax.grad(loss))
+    gradient = common.encoder_gradient(model, variables, field)
     costs[name] = (common.timed(gradient, setup.state.params, inputs, repeats=_REPEATS.value),
                    common.compiled_flops(gradient, setup.state.params, inputs))
   return costs
@@ -52,7 +50,7 @@ def main(argv):
   for dtype in _DTYPES.value:
     config = _CONFIG.value.copy_and_resolve_references()
     config.train.compute_dtype = dtype
-    peak = common.matmul_peak(dtype=jnp.bfloat16 if dtype == 'bfloat16' else jnp.float32)
+    peak, peak_kind = common.peak_flops(dtype)
     for batch_size in map(int, _BATCH_SIZES.value):
       setup = common.train_setup(config, batch_size)
       state, step = setup.state, setup.step
@@ -62,17 +60,20 @@ def main(argv):
       compile_seconds = time.perf_counter() - start
       flops = common.compiled_flops(step, state, setup.batch)
       old_leaf = jax.tree_util.tree_leaves(state.params)[0]
-      start = time.perf_counter()
-      for _ in range(_REPEATS.value):
-        state, metrics = step(state, setup.batch)
-      jax.block_until_ready(metrics)
-      seconds = (time.perf_counter() - start) / _REPEATS.value
+      holder = {'state': state}
+
+      def train_step(holder=holder, step=step, batch=setup.batch):
+        holder['state'], metrics = step(holder['state'], batch)
+        jax.block_until_ready((holder['state'], metrics))
+      seconds = common.interleaved({'step': train_step}, _REPEATS.value,
+                                   warmup=_WARMUP.value)['step'].wall
+      state = holder['state']
       recompiled = step._cache_size() != 1  # pylint: disable=protected-access
       utilization = flops / seconds / peak
       rows.append([dtype, batch_size, f'{compile_seconds:.1f}', f'{seconds:.3f}',
                    f'{batch_size / seconds:.1f}', f'{flops / 1e9:.1f}',
                    f'{flops / seconds / 1e9:.1f}', f'{peak / 1e9:.0f}',
-                   f'{100 * utilization:.0f}%', f'{common.peak_host_memory_gib():.2f}',
+                   f'{100 * utilization:.0f}% ({peak_kind})', f'{common.peak_host_memory_gib():.2f}',
                    f'{common.device_memory_gib():.2f}',
                    'no' if recompiled else 'yes', 'yes' if old_leaf.is_deleted() else 'no'])
       if utilization < 0.5:
@@ -82,7 +83,8 @@ def main(argv):
             for cell in (f'{cost:.3f} ({100 * cost / seconds:.0f}%)',
                          f'{100 * cost_flops / cost / peak:.0f}%'))])
   common.print_table(
-      f'Train step, {_CONFIG.value.method} ({jax.device_count()} device(s))',
+      f'Train step, {_CONFIG.value.method} ({jax.device_count()} device(s), '
+      f'{platform.describe()}); {common.load_average()}',
       ['dtype', 'batch', 'compile s', 'step s', 'samples/s', 'GFLOP/step', 'GFLOP/s',
        'peak GFLOP/s', 'utilization', 'host GiB', 'device GiB', 'one compile', 'donated'],
       rows)

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from avloc.constants import IMAGENET_MEAN, IMAGENET_STD
+from avloc.models import pooling
 
 # torchvision's BatchNorm2d: momentum 0.1 (flax: 0.9 for the running average), eps 1e-5.
 _BN_MOMENTUM = 0.9
@@ -70,7 +71,7 @@ class ResNet18(nn.Module):
                      dtype=self.dtype, name='bn1')(x)
     x = nn.relu(x)
     if self.stem_pool:
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+      x = pooling.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     last = len(self.stage_sizes) - 1
     for stage, num_blocks in enumerate(self.stage_sizes):
       for block in range(num_blocks):
