@@ -169,10 +169,13 @@ def train_setup(config, batch_size: int, devices=None, seed: int = 0, variables=
   tx = train.make_optimizer(config.optim, optax.constant_schedule(config.optim.learning_rate))
   state = train.create_train_state(config, model, tx, mesh)
   if variables is not None:
-    params = jax.device_put(variables['params'], sharding.replicated(mesh))
-    state = state.replace(params=params, opt_state=jax.jit(tx.init)(params),
-                          batch_stats=jax.device_put(variables['batch_stats'],
-                                                     sharding.replicated(mesh)))
+    # Replicated as the step's outputs are: another sharding would compile the step anew
+    # on its second call.
+    replicated = sharding.replicated(mesh)
+    params = jax.device_put(variables['params'], replicated)
+    state = state.replace(params=params,
+                          opt_state=jax.jit(tx.init, out_shardings=replicated)(params),
+                          batch_stats=jax.device_put(variables['batch_stats'], replicated))
   step = train.make_train_step(config, model, method, tx, mesh, steps_per_epoch=1)
   shapes = train.input_shapes(config, batch_size, train=True)
   rng = np.random.default_rng(seed)

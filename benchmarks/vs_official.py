@@ -5,18 +5,23 @@ process; prints tables of speed ratios (> 1: avloc is faster).
   python benchmarks/vs_official.py ../official/jsa --batch_sizes=8,16 --repeats=5 --changes
 
 OFFICIAL_JSA_DIR is a checkout of github.com/InhoKim429/JSA (model_slot.py, resnet.py,
-utils.py are imported from it; nothing of it is copied here), --noprior one of
-github.com/VisualAIKHU/NoPrior_MultiSSL. torch (CPU) and einops must be installed;
-torchvision, OpenCV, matplotlib and scikit-learn are not needed (the releases import
-them, empty stand-ins are put in their place).
+utils.py are imported from it), --noprior one of github.com/VisualAIKHU/NoPrior_MultiSSL
+(model.py, model_base.py); nothing of either is copied here. torch (CPU) and einops must
+be installed, and for --noprior torchvision (the NoPrior release's encoders are
+torchvision's resnet18: without it the script prints one line saying so instead of the
+NoPrior table). OpenCV, matplotlib and scikit-learn are not needed, nor torchvision for
+JSA: the releases import them for code not timed here, and empty stand-ins are put in
+their place.
 
-Both sides get the same network and the same inputs: the release's model is built with
-random weights and converted into avloc's variables (avloc.convert), the paper's sizes
-(224 px frames, 5 s of audio for JSA, 3 s for NoPrior, float32). Each row times one
-operation of each side in turns (`common.interleaved`: a warm-up round, then `--repeats`
-rounds, medians), so that the load of a shared machine weighs on both alike:
-  train step: forward, the loss, backward and the optimizer update (JSA: AdamW, the
-    release's loss of train_slot.py with lam1 = lam2 = 0.1, lam3 = 100 as configs/jsa.py);
+Each row times one operation of each side in turns (`common.interleaved`: a warm-up
+round, then `--repeats` rounds, medians), so that the load of a shared machine weighs on
+both alike; float32 throughout.
+
+JSA: both sides get the same network and the same inputs: the release's model is built
+with random weights and converted into avloc's variables (avloc.weights, as avloc.convert
+does), the paper's sizes (224 px frames, 5 s of audio).
+  train step: forward, the loss, backward and the optimizer update (AdamW, the release's
+    loss of train_slot.py with lam1 = lam2 = 0.1, lam3 = 100 as configs/jsa.py);
   image / audio encoder: forward + backward of the ResNet-18 and its projection alone
     (training mode, the gradient of the sum of squared outputs);
   localize: the release's evaluation forward (`forward_eval`: its two 7x7 maps) against
@@ -24,14 +29,35 @@ rounds, medians), so that the load of a shared machine weighs on both alike:
     batch 1, with 'agree' checking that the 7x7 cross-modal maps match.
 `--changes` adds a table of avloc's CPU speed-ups, each switched off in turn at the
 first batch size (their ratio to the default step is what each one gains).
+
+NoPrior (--noprior): the release's model as its train.py builds it with train_vgg.sh's
+settings (model.NoPriorVSSLModel: the default flowtype 'cnn', the tri-map, the image
+ResNet-18 frozen by --freeze_vision=1; Adam at lr 1e-4), random weights in place of the
+ImageNet ones it downloads, against configs/noprior.py with single frames (the release
+trains concat_num=1). Each side runs on its own random weights: avloc.convert has no
+NoPrior kind, and the networks differ (the release also encodes the optical flow with a
+third ResNet-18 and attends the image features to it, max-pools the audio map where
+avloc averages it, and trains no image trunk). Both get the same frame (224 px) and the
+release's 3 s spectrogram (257 x 276, see _NOPRIOR_SPECTROGRAM); the release also gets a
+random 2-channel optical flow.
+  train step: the release's training forward (`model(..., True)`: the loss of `lvs()`
+    plus the object loss, with its Python loops of Iterative Object Identification and
+    union-find), backward and Adam, against avloc's train step;
+  localize: the release's evaluation forward (`model(..., False)`: its 7x7 object maps,
+    batch 1 only) against avloc's jitted `localize` (upsampled maps, more work), batch 1;
+    no 'agree' (different weights).
 """
 
 import contextlib
+import dataclasses
+import functools
 import importlib
 import importlib.machinery
+import io
 import os
 import sys
 import types
+import warnings
 
 import common  # sets up the import path; pylint: disable=g-bad-import-order
 import jax
@@ -39,14 +65,16 @@ import numpy as np
 import optax
 from absl import app, flags
 
-from avloc import convert, inference, methods, platform
+from avloc import inference, methods, platform, weights
 from avloc.models import pooling
 from configs import jsa as jsa_configs
+from configs import noprior as noprior_configs
 
 _NOPRIOR = flags.DEFINE_string('noprior', '', 'Checkout of VisualAIKHU/NoPrior_MultiSSL.')
 _BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['8', '16'], 'Train-step batch sizes.')
 _ENCODER_BATCH = flags.DEFINE_integer('encoder_batch', 8, 'Batch of the encoder rows.')
-_LOCALIZE_BATCH = flags.DEFINE_integer('localize_batch', 1, 'Batch of the localize row.')
+_LOCALIZE_BATCH = flags.DEFINE_integer(
+    'localize_batch', 1, "Batch of JSA's localize row (NoPrior's release evaluates batch 1 only).")
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed rounds per row (medians).')
 _CHANGES = flags.DEFINE_bool('changes', False, 'Also time each CPU speed-up switched off.')
 _THREADS = flags.DEFINE_integer('torch_threads', 0, 'torch threads (0: every core).')
@@ -57,40 +85,120 @@ _OMP_WAIT_POLICY = flags.DEFINE_enum(
     '(which a shared machine punishes far more than XLA\'s thread pool); ignored when '
     'OMP_WAIT_POLICY is set.')
 _JSA_LOSS_WEIGHTS = (0.1, 0.1, 100.0)  # recon, div, match (configs/jsa.py)
-_STANDINS = ('torchvision', 'torchvision.models', 'torchvision.transforms', 'cv2',
-             'matplotlib', 'matplotlib.pyplot', 'matplotlib.cm', 'sklearn', 'sklearn.metrics',
-             'sklearn.manifold', 'sklearn.preprocessing')
+_JSA_SPECTROGRAM = (257, 501)  # 5 s at 16 kHz, hop 160 (avloc's audio_config, the release's)
+# The NoPrior release's arguments (train.py's defaults and train_vgg.sh), but for random
+# weights instead of downloading ImageNet ones (--pretrain_vision, --pretrain_flow).
+_NOPRIOR_ARGS = dict(tau=0.03, flowtype='cnn', freeze_vision=1, trimap=1, pretrain_flow=0,
+                     pretrain_vision=0, logit_temperature=0.07, epsilon=0.65,
+                     epsilon_margin=0.25, ckpt='')
+_NOPRIOR_LEARNING_RATE = 1e-4  # train_vgg.sh --lr, for train.py's Adam
+# The NoPrior release's input (datasets_flow.py, load_audio): scipy's spectrogram with
+# nperseg 512, noverlap 274 of 3 s at 22.05 kHz (the rate its test crop assumes). Its model
+# hard-codes the 9 x 9 audio map that this gives (`audnet(audio).view(-1, 512, 9, 9)`), so
+# avloc gets it too: its own 3 s spectrogram (16 kHz, hop 160) is 257 x 301, a 9 x 10 map.
+_NOPRIOR_SPECTROGRAM = (257, 1 + (3 * 22050 - 512) // (512 - 274))
+# Modules the releases import for code not timed here, with the names imported from them:
+# JSA's utils.py (plots, t-SNE, OpenCV) and model_slot.py, NoPrior's model_base.py (OpenCV).
+_JSA_STAND_INS = {'torchvision': (), 'cv2': (), 'matplotlib': (), 'matplotlib.pyplot': (),
+                  'sklearn': (), 'sklearn.metrics': (), 'sklearn.manifold': ('TSNE',),
+                  'sklearn.preprocessing': ('LabelEncoder',)}
+_NOPRIOR_STAND_INS = {'cv2': ()}
 
 
-def _stand_ins():
-  """Empty modules for the releases' imports that inference and training here never use."""
-  for name in _STANDINS:
-    if name not in sys.modules:
-      module = types.ModuleType(name)
-      module.__spec__ = importlib.machinery.ModuleSpec(name, None)
-      sys.modules[name] = module
-  sys.modules['sklearn.manifold'].TSNE = None
-  sys.modules['sklearn.preprocessing'].LabelEncoder = None
-  sys.modules['sklearn'].metrics = sys.modules['sklearn.metrics']
-  sys.modules['matplotlib'].cm = sys.modules['matplotlib.cm']
+def _stand_ins(modules: dict[str, tuple[str, ...]]) -> list[str]:
+  """Empty modules for `modules` ({name: names imported from it}) that are not imported
+  yet, each an attribute of its parent stand-in; returns the names put in sys.modules."""
+  added = []
+  for name, attributes in modules.items():
+    if name in sys.modules:
+      continue
+    module = types.ModuleType(name)
+    module.__spec__ = importlib.machinery.ModuleSpec(name, None)
+    for attribute in attributes:
+      setattr(module, attribute, None)
+    sys.modules[name] = module
+    parent, _, child = name.rpartition('.')
+    if parent in added:
+      setattr(sys.modules[parent], child, module)
+    added.append(name)
+  return added
 
 
 @contextlib.contextmanager
-def _release_path(checkout: str, modules: tuple[str, ...]):
-  """`checkout` first on sys.path while its `modules` import (then forgotten, so that two
-  releases' same-named modules do not clash)."""
+def _release_path(checkout: str, modules: tuple[str, ...], stand_ins: dict):
+  """`checkout` first on sys.path and `stand_ins` in place while its `modules` import
+  (then all forgotten, so that two releases' same-named modules do not clash and a
+  stand-in hides no real module from the other release)."""
   if not os.path.isdir(checkout):
     raise app.UsageError(f'{checkout}: not a directory (a checkout of the release)')
   for name in modules:
     if not os.path.exists(os.path.join(checkout, name + '.py')):
       raise app.UsageError(f'{checkout}: no {name}.py; is it the right release?')
   sys.path.insert(0, checkout)
+  added = _stand_ins(stand_ins)
   try:
     yield
   finally:
     sys.path.remove(checkout)
-    for name in modules:
+    for name in (*modules, *added):
       sys.modules.pop(name, None)
+
+
+class Release:
+  """A release's `modules` imported from its checkout, and its train and evaluation
+  steps as callables for `common.interleaved`."""
+
+  def __init__(self, checkout: str, modules: tuple[str, ...], stand_ins: dict):
+    import torch  # pylint: disable=g-import-not-at-top
+    with _release_path(checkout, modules, stand_ins):
+      self.modules = {name: importlib.import_module(name) for name in modules}
+    self.torch = torch
+
+  def optimized(self, model, optimizer, loss):
+    """One training iteration as the release's script runs it: loss() (forward and
+    loss), backward, the optimizer's update."""
+    model.train()
+
+    def step():
+      loss().backward()
+      optimizer.step()
+      optimizer.zero_grad()
+    return step
+
+  def evaluated(self, model, forward):
+    """forward() in evaluation mode (BatchNorm running statistics), without gradients."""
+    model.eval()
+
+    def run():
+      with self.torch.no_grad():
+        return forward()
+    return run
+
+
+def _avloc_train_step(setup):
+  """avloc's jitted train step on `setup` (common.train_setup), its state carried over."""
+  holder = {'state': setup.state}
+
+  def step():
+    holder['state'], metrics = setup.step(holder['state'], setup.batch)
+    jax.block_until_ready((holder['state'], metrics))
+  return step
+
+
+def _tensor(array):
+  import torch  # pylint: disable=g-import-not-at-top
+  return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def _inputs(rng, batch_size, size, spectrogram, mean=0.0, std=1.0):
+  """The same random inputs for both: avloc's uint8 NHWC image and [B, F, T, 1]
+  spectrogram ({'image', 'spectrogram'}), and the release's NCHW float image
+  (image / 255 - mean) / std and [B, 1, F, T] spectrogram."""
+  image = rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8)
+  spectrogram = rng.normal(size=(batch_size, *spectrogram, 1)).astype(np.float32)
+  normalized = ((image / 255.0 - np.asarray(mean)) / np.asarray(std)).astype(np.float32)
+  return ({'image': image, 'spectrogram': spectrogram},
+          (_tensor(normalized.transpose(0, 3, 1, 2)), _tensor(spectrogram.transpose(0, 3, 1, 2))))
 
 
 def _row(name, batch, official, ours, extra=''):
@@ -101,8 +209,22 @@ def _row(name, batch, official, ours, extra=''):
           f'{official.faults / 1e3:.0f}k / {ours.faults / 1e3:.0f}k', extra]
 
 
+def _timed_row(name, batch, official, ours, agree=None):
+  """The row of `official` against `ours` timed interleaved; agree(), called after the
+  timing, fills the 'agree' cell."""
+  seconds = common.interleaved({'official': official, 'avloc': ours}, _REPEATS.value)
+  return _row(name, batch, seconds['official'], seconds['avloc'], agree() if agree else '')
+
+
 _HEADER = ['operation', 'batch', 'official s', 'avloc s', 'official /s', 'avloc /s',
            'avloc speed', 'CPU-time ratio', 'page faults', 'agree']
+
+
+def _print_comparison(method: str, release: Release, rows, note: str = ''):
+  common.print_table(
+      f'{method}: official release ({_torch_setup(release.torch)}) vs avloc (jax '
+      f'{jax.__version__}, {platform.describe()}){note}; medians of {_REPEATS.value}; '
+      f'{common.load_average()}', _HEADER, rows)
 
 
 def _done(tree):
@@ -112,39 +234,30 @@ def _done(tree):
 # ----------------------------------------------------------------------------- JSA
 
 
-class JsaRelease:
+class JsaRelease(Release):
   """The official JSA model (model_slot.mymodel) with its AdamW, random init."""
 
   def __init__(self, checkout: str):
-    import torch  # pylint: disable=g-import-not-at-top
-    _stand_ins()
-    with _release_path(checkout, ('resnet', 'utils', 'model_slot')):
-      resnet = importlib.import_module('resnet')
-      trunk = resnet.resnet
-      resnet.resnet = lambda pretrained=False, *a, **k: trunk(False, *a, **k)  # no download
-      self.model_slot = importlib.import_module('model_slot')
-    self.torch = torch
+    super().__init__(checkout, ('resnet', 'utils', 'model_slot'), _JSA_STAND_INS)
+    resnet = self.modules['resnet']
+    trunk = resnet.resnet
+    resnet.resnet = lambda pretrained=False, *a, **k: trunk(False, *a, **k)  # no download
 
   def model(self, batch_size: int):
     args = types.SimpleNamespace(tau=0.03, reciprocal_k=min(20, batch_size), num_slots=2,
                                  infer_sharpening=1.0, mask_ratio=0.1, iters=5, out_dim=512)
     self.torch.manual_seed(0)
-    return self.model_slot.mymodel(args)
+    return self.modules['model_slot'].mymodel(args)
 
   def train_step(self, model, image, spectrogram):
-    torch = self.torch
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
-                                  lr=5e-5, weight_decay=0.01)
-    model.train()
+    optimizer = self.torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                       lr=5e-5, weight_decay=0.01)
     recon_weight, div_weight, match_weight = _JSA_LOSS_WEIGHTS
 
-    def step():
+    def loss():
       info, recon, div, match = model(image, spectrogram)
-      loss = info + recon_weight * recon + div_weight * div + match_weight * match
-      loss.backward()
-      optimizer.step()
-      optimizer.zero_grad()
-    return step
+      return info + recon_weight * recon + div_weight * div + match_weight * match
+    return self.optimized(model, optimizer, loss)
 
   def encoder_gradient(self, encoder, inputs):
     def step():
@@ -153,13 +266,8 @@ class JsaRelease:
     return step
 
   def localize(self, model, image, spectrogram):
-    model.eval()  # BatchNorm running statistics; the release's own eval() is not a method
-    model.mode = 'eval'
-
-    def run():
-      with self.torch.no_grad():
-        return model.forward_eval(image, spectrogram)
-    return run
+    model.mode = 'eval'  # the release's own eval() is not a method
+    return self.evaluated(model, lambda: model.forward_eval(image, spectrogram))
 
 
 def _jsa_config(batch_size: int):
@@ -169,27 +277,17 @@ def _jsa_config(batch_size: int):
 
 
 def _jsa_inputs(rng, batch_size, config):
-  """The same inputs for both: avloc's uint8 NHWC image and [B, F, T, 1] spectrogram, and
-  the release's normalized NCHW float image and [B, 1, F, T] spectrogram."""
-  import torch  # pylint: disable=g-import-not-at-top
-  size = config.data.image.size
-  image = rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8)
-  freq, frames = 257, 501
-  spectrogram = rng.normal(size=(batch_size, freq, frames, 1)).astype(np.float32)
-  mean, std = np.asarray(config.data.image.mean), np.asarray(config.data.image.std)
-  normalized = ((image / 255.0 - mean) / std).astype(np.float32).transpose(0, 3, 1, 2)
-  return ({'image': image, 'spectrogram': spectrogram},
-          (torch.from_numpy(np.ascontiguousarray(normalized)),
-           torch.from_numpy(np.ascontiguousarray(spectrogram.transpose(0, 3, 1, 2)))))
+  """_inputs at JSA's sizes, the release's image normalized outside its model."""
+  image = config.data.image
+  return _inputs(rng, batch_size, image.size, _JSA_SPECTROGRAM, image.mean, image.std)
 
 
 def _variables(release_model, config):
   state = {k: v.detach().numpy() for k, v in release_model.state_dict().items()}
-  return convert.jsa_from_torch(state, config)
+  return weights.jsa_from_torch(state, config)
 
 
-def jsa_tables(checkout: str):
-  release = JsaRelease(checkout)
+def jsa_tables(release: JsaRelease):
   rng = np.random.default_rng(0)
   rows, change_rows = [], []
   for index, batch_size in enumerate(map(int, _BATCH_SIZES.value)):
@@ -198,12 +296,8 @@ def jsa_tables(checkout: str):
     release_model = release.model(batch_size)
     setup = common.train_setup(config, batch_size, variables=_variables(release_model, config),
                                inputs=ours)
-    holder = {'state': setup.state}
-
-    def avloc_step(setup=setup, holder=holder):
-      holder['state'], metrics = setup.step(holder['state'], setup.batch)
-      jax.block_until_ready((holder['state'], metrics))
-    calls = {'official': release.train_step(release_model, *theirs), 'avloc': avloc_step}
+    calls = {'official': release.train_step(release_model, *theirs),
+             'avloc': _avloc_train_step(setup)}
     if _CHANGES.value and index == 0:
       calls.update(_change_variants(config, setup))
     seconds = common.interleaved(calls, _REPEATS.value)
@@ -214,7 +308,7 @@ def jsa_tables(checkout: str):
         change_rows.append([name, batch_size, f'{seconds[name].wall:.3f}', f'{default.wall:.3f}',
                             f'{seconds[name].wall / default.wall:.2f}x',
                             f'{seconds[name].cpu / default.cpu:.2f}x'])
-    del setup, holder, calls
+    del setup, calls
 
   batch_size = _ENCODER_BATCH.value
   config = _jsa_config(batch_size)
@@ -229,10 +323,8 @@ def jsa_tables(checkout: str):
        theirs[1])):
     gradient = common.encoder_gradient(model, variables, field)
     x = jax.device_put(x)
-    seconds = common.interleaved(
-        {'official': release.encoder_gradient(module, y),
-         'avloc': _done(lambda g=gradient, x=x: g(variables['params'], x))}, _REPEATS.value)
-    rows.append(_row(name, batch_size, seconds['official'], seconds['avloc']))
+    rows.append(_timed_row(name, batch_size, release.encoder_gradient(module, y),
+                           _done(lambda g=gradient, x=x: g(variables['params'], x))))
 
   batch_size = _LOCALIZE_BATCH.value
   config = _jsa_config(batch_size)
@@ -240,19 +332,16 @@ def jsa_tables(checkout: str):
   release_model = release.model(batch_size)
   localizer = inference.Localizer(config, _variables(release_model, config))
   official = release.localize(release_model, *theirs)
-  seconds = common.interleaved(
-      {'official': official,
-       'avloc': lambda: localizer.localize_inputs(ours['image'], ours['spectrogram'])},
-      _REPEATS.value)
-  _, cross_modal = official()  # [B, 1, 7, 7]
-  difference = np.max(np.abs(cross_modal[:, 0].numpy() - localizer.localize_inputs(
-      ours['image'], ours['spectrogram'])['lowres']['ca']))
-  rows.append(_row('localize', batch_size, seconds['official'], seconds['avloc'],
-                   f'{"yes" if difference < 1e-4 else "NO"} ({difference:.1e})'))
-  common.print_table(
-      f'JSA: official release ({_torch_setup(release.torch)}) vs avloc (jax {jax.__version__}, '
-      f'{platform.describe()}); medians of {_REPEATS.value}; {common.load_average()}',
-      _HEADER, rows)
+
+  def agree():
+    _, cross_modal = official()  # [B, 1, 7, 7]
+    difference = np.max(np.abs(cross_modal[:, 0].numpy() - localizer.localize_inputs(
+        ours['image'], ours['spectrogram'])['lowres']['ca']))
+    return f'{"yes" if difference < 1e-4 else "NO"} ({difference:.1e})'
+  rows.append(_timed_row(
+      'localize', batch_size, official,
+      lambda: localizer.localize_inputs(ours['image'], ours['spectrogram']), agree))
+  _print_comparison('JSA', release, rows)
   if change_rows:
     common.print_table(
         f'avloc\'s CPU speed-ups, each switched off (same run); {common.load_average()}',
@@ -280,13 +369,74 @@ def _change_variants(config, setup) -> dict:
     with context:
       step = train.make_train_step(config, model, method, tx, setup.mesh, steps_per_epoch=1)
       step = step.lower(state, setup.batch).compile(compiler_options=options)
-    holder = {'state': state}
-
-    def run(step=step, holder=holder):
-      holder['state'], metrics = step(holder['state'], setup.batch)
-      jax.block_until_ready((holder['state'], metrics))
-    variants[name] = run
+    variants[name] = _avloc_train_step(dataclasses.replace(setup, state=state, step=step))
   return variants
+
+
+# ------------------------------------------------------------------------- NoPrior
+
+
+class NoPriorRelease(Release):
+  """The official NoPrior model (model.NoPriorVSSLModel) as train.py's NoPriorModule
+  builds and trains it, random init."""
+
+  def __init__(self, checkout: str):
+    super().__init__(checkout, ('model_base', 'model'), _NOPRIOR_STAND_INS)
+
+  def model(self):
+    self.torch.manual_seed(0)
+    # Quiet: it prints its size twice, torchvision warns of the `pretrained` argument.
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+      warnings.simplefilter('ignore')
+      model = self.modules['model'].NoPriorVSSLModel(types.SimpleNamespace(**_NOPRIOR_ARGS))
+    model.unfreeze_vision(False)  # NoPriorModule with --freeze_vision=1
+    return model
+
+  def train_step(self, model, image, flow, spectrogram):
+    optimizer = self.torch.optim.Adam(model.parameters(), lr=_NOPRIOR_LEARNING_RATE)
+    return self.optimized(model, optimizer, lambda: model(image, flow, spectrogram, True)[0])
+
+  def localize(self, model, image, flow, spectrogram):
+    return self.evaluated(model, lambda: model(image, flow, spectrogram, False))
+
+
+def _noprior_config():
+  config = noprior_configs.get_config('vggsound_144k')
+  config.data.mixture.num_sources = 1  # the release trains single frames (concat_num=1)
+  return config
+
+
+def _noprior_inputs(rng, batch_size, config):
+  """_inputs at NoPrior's sizes (the release normalizes the image in its model), and the
+  release's optical flow [B, 2, S, S] in [0, 1]."""
+  size = config.data.image.size
+  ours, (image, spectrogram) = _inputs(rng, batch_size, size, _NOPRIOR_SPECTROGRAM)
+  flow = rng.random((batch_size, 2, size, size), dtype=np.float32)
+  return ours, (image, _tensor(flow), spectrogram)
+
+
+def _noprior_train_row(release: NoPriorRelease, rng, batch_size: int):
+  config = _noprior_config()
+  ours, theirs = _noprior_inputs(rng, batch_size, config)
+  setup = common.train_setup(config, batch_size, inputs=ours)
+  return _timed_row('NoPrior train step', batch_size,
+                    release.train_step(release.model(), *theirs), _avloc_train_step(setup))
+
+
+def noprior_table(release: NoPriorRelease):
+  rng = np.random.default_rng(0)
+  rows = [_noprior_train_row(release, rng, batch_size)
+          for batch_size in map(int, _BATCH_SIZES.value)]
+  config = _noprior_config()
+  ours, theirs = _noprior_inputs(rng, 1, config)
+  model = methods.get_method('noprior').build_model(config)
+  variables = jax.jit(functools.partial(model.init, train=False))(
+      jax.random.key(0), ours['image'], ours['spectrogram'])
+  localizer = inference.Localizer(config, variables)
+  rows.append(_timed_row('localize', 1, release.localize(release.model(), *theirs),
+                         lambda: localizer.localize_inputs(ours['image'], ours['spectrogram'])))
+  _print_comparison('NoPrior', release, rows,
+                    ', each on its own random weights (avloc.convert has no NoPrior kind)')
 
 
 def main(argv):
@@ -300,7 +450,19 @@ def main(argv):
     raise app.UsageError(f'this benchmark needs torch (CPU) and einops: {error}') from error
   torch.set_num_threads(_THREADS.value or os.cpu_count())
   print(common.machine())
-  jsa_tables(argv[1])
+  jsa = JsaRelease(argv[1])
+  noprior = None
+  if _NOPRIOR.value:  # imported now: a wrong checkout fails before the JSA tables
+    try:
+      noprior = NoPriorRelease(_NOPRIOR.value)
+    except ImportError as error:
+      if not (error.name or '').startswith('torchvision'):
+        raise
+      print(f'NoPrior not timed: the release builds its encoders with torchvision\'s '
+            f'resnet18 (model_base.py), and torchvision does not import here ({error})')
+  jsa_tables(jsa)
+  if noprior is not None:
+    noprior_table(noprior)
 
 
 if __name__ == '__main__':
