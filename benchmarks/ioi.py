@@ -22,13 +22,15 @@ import numpy as np
 from absl import app, flags
 
 from avloc.models import noprior
+from configs import noprior as noprior_config
 
 _BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['8', '32', '128'], 'Batch sizes.')
 _GRIDS = flags.DEFINE_list('grids', ['7x7', '7x14'], 'Feature grids h x w (7x14: duets).')
 _DIM = flags.DEFINE_integer('dim', 512, 'Feature size D.')
 _NOISE = flags.DEFINE_float('noise', 0.6, 'Cell noise relative to the unit prototypes.')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed calls per setting.')
-_EPSILON, _ALPHA, _OMEGA, _TAU1, _TAU2 = 0.0, 0.65, 0.03, 0.7, 0.6  # configs/noprior.py
+_MODEL = noprior_config.get_config().model
+_EPSILON, _TAU1, _TAU2 = _MODEL.ioi_epsilon, _MODEL.tau1, _MODEL.tau2
 
 
 def scenes(rng, batch: int, cells: int, dim: int):
@@ -42,7 +44,7 @@ def scenes(rng, batch: int, cells: int, dim: int):
   audio = prototypes[:, 0] + prototypes[:, 1]
   sound_map = np.einsum('bnd,bd->bn', unit, audio / np.linalg.norm(audio, axis=-1,
                                                                    keepdims=True))
-  mask = noprior.sound_mask(jnp.asarray(sound_map), _ALPHA, _OMEGA)
+  mask = noprior.sound_mask(jnp.asarray(sound_map), _MODEL.mask_alpha, _MODEL.mask_omega)
   background = noprior.background_embedding(jnp.asarray(unit), mask)
   return (sound_map.astype(np.float32), (sound_map[..., None] * unit).astype(np.float32),
           np.asarray(background, np.float32))
