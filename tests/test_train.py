@@ -19,7 +19,7 @@ from avloc import (checkpointing, config as config_lib, experiment, methods, pre
                    sharding, train)
 from avloc.data import pipeline
 from configs import jsa as jsa_config
-from tests import splits
+from tests import linear_method, splits
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -221,10 +221,19 @@ def _losses(workdir):
     return {r['step']: r['train/loss'] for r in map(json.loads, f) if 'train/loss' in r}
 
 
-def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize('method', [
+    'linear',  # the trainer's state, iterator and checkpoints with a model that compiles fast
+    pytest.param('jsa', marks=pytest.mark.slow)])  # with BatchNorm and JSA's mask keys: 130 s
+def test_kill_and_resume_equals_uninterrupted_run(tmp_path, method):
   split_dir = splits.write_split(tmp_path / 'data' / 'synthetic_train', num_examples=48,
                                  image_size=40, audio_seconds=0.5)
-  config = tiny_config(max_steps=5)  # checkpoints at 2, 4 and 5; SIGTERM at 3
+  if method == 'linear':
+    linear_method.register()
+    config = linear_method.get_config()
+    config.train.max_steps = 5
+  else:
+    config = tiny_config(max_steps=5)
+  # Checkpoints at 2, 4 and 5; SIGTERM at 3.
   reference = train_run(config, str(tmp_path / 'reference'), split_dir)
   resumed_dir = str(tmp_path / 'resumed')
   with pytest.raises(preemption.Preempted, match='saved a checkpoint at step 3;'):
