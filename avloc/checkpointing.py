@@ -13,6 +13,7 @@ write through epath and TensorStore, this module's own file operations through e
 """
 
 import sys
+import warnings
 
 import grain
 import jax
@@ -45,7 +46,7 @@ def _quiet_closed_loop_errors() -> None:
   the event loop that Orbax has already closed, and Python prints each 'Event loop is
   closed' error (dozens of tracebacks): as unraisable, or through sys.excepthook when
   TensorStore's thread prints it. Installed once, this drops exactly those; other errors
-  still show."""
+  still show. (`_quiet_abandoned_writes` drops the warnings of a failed save.)"""
   if getattr(sys.unraisablehook, 'avloc_quiet', False):
     return
 
@@ -64,6 +65,14 @@ def _quiet_closed_loop_errors() -> None:
 
   unraisable_hook.avloc_quiet = True
   sys.unraisablehook, sys.excepthook = unraisable_hook, except_hook
+
+
+def _quiet_abandoned_writes() -> None:
+  """After a failed save, Orbax's write coroutines for the other items are never awaited,
+  and Python warns about each when the process exits ("coroutine ... was never
+  awaited"): the failure itself has been reported, so these warnings are dropped."""
+  warnings.filterwarnings('ignore', message=r"coroutine '.*' was never awaited",
+                          category=RuntimeWarning)
 
 
 def _train_manager(directory: str, keep: int, async_save: bool) -> ocp.CheckpointManager:
@@ -117,6 +126,7 @@ class TrainCheckpointer:
     try:
       self._manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except  # TensorStore, I/O, quota
+      _quiet_abandoned_writes()
       last = f'step {self._saved}' if self._saved is not None else 'none'
       raise CheckpointError(
           f'{self.directory}/{step}: saving the checkpoint failed ({_reason(e)}); the last '

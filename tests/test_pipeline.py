@@ -39,6 +39,7 @@ def test_train_batches_have_the_model_input_shapes(split_dir):
 
 def test_noprior_mixtures_put_frames_side_by_side_and_sum_waveforms(split_dir):
   config = _config(noprior_config, spec_augment=False)
+  config.data.mixture.num_sources = 2
   config.data.image.update(flip=False, train_resize=32)  # no augmentation: exact frames
   batch = next(iter(_train(config, split_dir, batch=2)))
   assert batch['image'].shape == (2, 32, 64, 3)

@@ -97,9 +97,16 @@ def _assert_leaves_close(new, old, reference_new, reference_old, tolerance):
                                atol=tolerance * np.abs(reference).max() + 1e-8)
 
 
-def test_four_device_step_equals_one_device_step():
+@pytest.mark.parametrize('method', [
+    'linear',  # the sharded step: batch-wide loss, gradient reduction, replicated update
+    pytest.param('jsa', marks=pytest.mark.slow)])  # and global BatchNorm statistics: 100 s
+def test_four_device_step_equals_one_device_step(method):
   assert jax.device_count() == 4, 'tests/conftest.py sets 4 fake CPU devices'
-  config = tiny_config()
+  if method == 'linear':
+    linear_method.register()
+    config = linear_method.get_config()
+  else:
+    config = tiny_config()
   batch = _random_batch(config, 8)
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
@@ -335,10 +342,10 @@ def _tiny(method: str) -> ml_collections.ConfigDict:
   return config
 
 
-# JSA and NoPrior, the notebook's methods (bfloat16 on accelerators), in the default run;
-# the baselines' three compilations pairs take minutes on 2 cores: `pytest -m slow`.
-@pytest.mark.parametrize('method', ['jsa', 'noprior'] + [
-    pytest.param(method, marks=pytest.mark.slow) for method in ('lvs', 'ezvsl', 'fnac')])
+# Each method's pair of compilations takes 1-2 minutes on 2 cores: `pytest -m slow`.
+@pytest.mark.parametrize('method', [
+    pytest.param(method, marks=pytest.mark.slow)
+    for method in ('jsa', 'noprior', 'lvs', 'ezvsl', 'fnac')])
 def test_bfloat16_training_stays_finite_and_close_to_float32(method):
   """`train.compute_dtype=bfloat16`: three steps from the same float32 parameters on the
   same batches give finite losses within 5 % of float32's and gradient norms within 15 %

@@ -231,13 +231,19 @@ def _index_path(shard_path: str) -> str:
 
 
 def _running(pid: int) -> bool:
+  """Whether process `pid` exists and has not ended. A killed writer whose parent died
+  too stays a zombie until init reaps it (os.kill still reaches it): read its state."""
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
     return False
   except PermissionError:  # another user's process
     return True
-  return True
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      return f.read().rpartition(')')[2].split()[0] != 'Z'
+  except OSError:  # no procfs (macOS): trust kill()
+    return True
 
 
 def remove_stale_temporaries(directory: str) -> list[str]:
