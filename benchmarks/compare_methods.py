@@ -9,8 +9,9 @@ for training, 500 for the test), batch 32, 128 px frames, 1 s of audio, width-16
 ResNet-18s with D = 128, lr 5e-4 (`avloc.config.cpu_sized`), each with its own loss,
 optimizer and schedule; `--max_steps` overrides every config's budget (0 keeps the
 configs' epochs). Then the method's primary map is scored on synthetic_test, binarized as
-its config says (the `binarize` column): AP50, AUC and mean cIoU, and audio-to-image /
-image-to-audio Recall@1 where the method gives embeddings (NoPrior does not). `wall s`
+its config says (the `binarize` column): AP50, AUC and mean cIoU; the mean cIoU with
+each image's audio swapped for a clip of another class and the correlation of the two
+maps (`corr`; 100: the map ignores the audio); and audio-to-image / image-to-audio Recall@1 where the method gives embeddings (NoPrior does not). `wall s`
 is the training's wall time (compilation and input start-up included), `steps/s` the
 rate after the first logged interval (compilation excluded; '-' when the run logs only
 once), `params` the trainable parameters.
@@ -81,6 +82,7 @@ def run(name: str, workdir: str) -> list:
   rate = steady_steps_per_second(workdir)
   return [f'{name} [{primary}]', config.eval.threshold_protocol, int(state.step),
           score(f'{primary}/ap50'), score(f'{primary}/auc'), score(f'{primary}/ciou'),
+          score(f'{primary}:swap/ciou'), score(f'{primary}:swap/corr'),
           score('retrieval/a2i_r1'), score('retrieval/i2a_r1'), f'{wall:.0f}',
           '-' if np.isnan(rate) else f'{rate:.2f}', f'{params:,}']
 
@@ -104,7 +106,8 @@ def main(argv):
       shutil.rmtree(root, ignore_errors=True)
   common.print_table(
       f'{TEST_SPLIT}: the same data and budget for every method (percent)',
-      ['method [map]', 'binarize', 'steps', 'AP50', 'AUC', 'cIoU', 'a2i R@1', 'i2a R@1',
+      ['method [map]', 'binarize', 'steps', 'AP50', 'AUC', 'cIoU', 'swapped cIoU', 'corr',
+       'a2i R@1', 'i2a R@1',
        'wall s', 'steps/s', 'params'], rows)
 
 
