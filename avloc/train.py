@@ -7,7 +7,6 @@ only waits on the device when it logs, evaluates or checkpoints.
 """
 
 import dataclasses
-import gc
 from typing import Any
 
 import flax.struct
@@ -267,10 +266,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, split_dirs: dict[str,
   finally:
     if hasattr(data_iterator, 'close'):  # stops Grain's worker processes now
       data_iterator.close()
-    # Grain's finished prefetch threads hold their last batches in reference cycles:
-    # collected now, their shared memory is freed before the run ends (no "leaked
-    # shared_memory objects" at exit), as the evaluator does after each split.
-    gc.collect()
     if evaluator is not None:
       evaluator.interrupt = None
     exporter.close()
