@@ -11,7 +11,8 @@ optimizer and schedule; `--max_steps` overrides every config's budget (0 keeps t
 configs' epochs). Then the method's primary map is scored on synthetic_test, binarized as
 its config says (the `binarize` column): AP50, AUC and mean cIoU; the mean cIoU with
 each image's audio swapped for a clip of another class and the correlation of the two
-maps (`corr`; 100: the map ignores the audio); and audio-to-image / image-to-audio Recall@1 where the method gives embeddings (NoPrior does not). `wall s`
+maps (`corr`; 100: the map ignores the audio); and audio-to-image / image-to-audio
+Recall@1 where the method gives embeddings (NoPrior does not). `wall s`
 is the training's wall time (compilation and input start-up included), `steps/s` the
 rate after the first logged interval (compilation excluded; '-' when the run logs only
 once), `params` the trainable parameters.
