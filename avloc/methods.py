@@ -136,6 +136,8 @@ def _check_noprior_config(config):
   require(-1.0 <= model.mask_alpha <= 1.0, 'model.mask_alpha', 'must be a cosine in [-1, 1]',
           model.mask_alpha)
   require(model.mask_omega > 0, 'model.mask_omega', 'must be > 0', model.mask_omega)
+  require(model.audio_pool in ('mean', 'max'), 'model.audio_pool', "must be 'mean' or 'max'",
+          model.audio_pool)
   # Algorithm 1 zeroes the cells it has found: a negative epsilon would pick them again.
   require(0.0 <= model.ioi_epsilon < 1.0, 'model.ioi_epsilon', 'must be in [0, 1)',
           model.ioi_epsilon)

@@ -39,6 +39,15 @@ def get_config(variant: str = 'vggsound_144k') -> ml_collections.ConfigDict:
       # A projection with bias lets S_v go negative and F_hat flip background cells
       # towards the objects.
       projection=False,
+      # l_a = GAP(F_a) as the paper says (Fig. 2, Sec. 3.2); 'max': the release's global
+      # max-pool (`model_base.py`, `aud_max_pool`), as LVS.
+      audio_pool='mean',
+      # L_osc's gradient stops at the image features (it trains the audio encoder through
+      # S_v): in the release the ImageNet image trunk is frozen (train_vgg.sh,
+      # --freeze_vision 1), so L_osc never shapes it. True lets L_osc train the image
+      # encoder too; from scratch it then pushes every cell's features away from every
+      # other's and slows L_avc (docs/learning.md).
+      osc_image_gradient=False,
       mask_alpha=0.65,  # alpha of Eq. 2 (supplement: 0.65, following LVS)
       mask_omega=0.03,  # omega of Eq. 2
       # Algorithm 1 stops when max(S_v) <= epsilon; the release stops below 0.1

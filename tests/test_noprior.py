@@ -72,21 +72,23 @@ def _random_ioi_inputs(rng, batch, cells, dim):
   return sound_map, features, background
 
 
-def test_sound_maps_and_background_match_numpy_eqs_1_2():
+@pytest.mark.parametrize('audio_pool', ['mean', 'max'])
+def test_sound_maps_and_background_match_numpy_eqs_1_2(audio_pool):
   rng = np.random.default_rng(0)
   image = rng.normal(size=(3, 2, 5, 6)).astype(np.float32)  # [B, h, w, D], w = 2.5 h
   audio = rng.normal(size=(3, 4, 3, 6)).astype(np.float32)
   cells, embedding, similarity = noprior.sound_association(
-      jnp.asarray(image.reshape(3, 10, 6)), jnp.asarray(audio))
+      jnp.asarray(image.reshape(3, 10, 6)), jnp.asarray(audio), audio_pool)
+  pool = {'mean': np.mean, 'max': np.max}[audio_pool]  # GAP (paper) or max (release)
   expected = np.zeros((3, 3, 10))
   for n in range(3):
     for m in range(3):
-      l_a = audio[m].mean(axis=(0, 1))  # GAP
+      l_a = pool(audio[m], axis=(0, 1))
       for k, cell in enumerate(image[n].reshape(10, 6)):
         expected[n, m, k] = _cos(cell, l_a)
   np.testing.assert_allclose(similarity, expected, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(cells, _normalize(image.reshape(3, 10, 6)), rtol=1e-5)
-  np.testing.assert_allclose(embedding, _normalize(audio.mean(axis=(1, 2))), rtol=1e-5)
+  np.testing.assert_allclose(embedding, _normalize(pool(audio, axis=(1, 2))), rtol=1e-5)
   sound_map = np.stack([expected[n, n] for n in range(3)])
   mask = noprior.sound_mask(jnp.asarray(sound_map), 0.65, 0.03)
   np.testing.assert_allclose(mask, _sigmoid((sound_map - 0.65) / 0.03), rtol=1e-5, atol=1e-7)
@@ -311,6 +313,31 @@ def test_identified_objects_and_their_maps_end_to_end():
   assert np.sum(valid) >= 4 and np.any(np.sum(valid, axis=1) >= 2)
 
 
+def test_osc_image_gradient_switch_changes_gradients_not_values():
+  """`osc_image_gradient=False` (the release's frozen image trunk): L_osc has the same
+  value and the same gradient in the audio features, and none in the image features."""
+  rng = np.random.default_rng(8)
+  image = jnp.asarray(np.abs(rng.normal(size=(3, 12, 6))), jnp.float32)  # post-ReLU cells
+  audio = jnp.asarray(np.abs(rng.normal(size=(3, 2, 2, 6))), jnp.float32)
+
+  def osc(image, audio, image_gradient):
+    out = noprior.identify_sources(image, audio, audio_pool='mean', mask_alpha=0.65,
+                                   mask_omega=0.03, epsilon=0.1, tau1=0.7, tau2=0.6,
+                                   osc_image_gradient=image_gradient)
+    return losses.osc_loss(out['bank'], out['ioi']['valid'], out['object_labels'],
+                           out['background'])[0]
+
+  grad = jax.jit(jax.value_and_grad(osc, argnums=(0, 1)), static_argnums=2)
+  (literal, (image_literal, audio_literal)) = grad(image, audio, True)
+  (frozen, (image_frozen, audio_frozen)) = grad(image, audio, False)
+  assert float(literal) > 0
+  np.testing.assert_allclose(frozen, literal, rtol=1e-6)
+  np.testing.assert_allclose(audio_frozen, audio_literal, rtol=1e-5, atol=1e-7)
+  assert float(jnp.max(jnp.abs(audio_frozen))) > 0
+  np.testing.assert_array_equal(image_frozen, 0.0)
+  assert float(jnp.max(jnp.abs(image_literal))) > 0
+
+
 def _tiny_config():
   config = noprior_config.get_config('synthetic')
   config.data.image.update(size=32, train_resize=36)
@@ -366,11 +393,14 @@ def test_model_forward_shapes_and_loss_gradients(tiny):
   np.testing.assert_allclose(metrics['loss'], metrics['loss_avc'] + metrics['loss_osc'],
                              rtol=1e-6)  # Eq. 5, lambdas 1
   assert float(metrics['loss_osc']) > 0 and float(metrics['objects_per_sample']) > 0
-  for tree in (grads, osc_grads):
+  assert not config.model.osc_image_gradient  # L_osc trains the audio encoder only
+  for tree, encoders in ((grads, ('image_encoder', 'audio_encoder')),
+                         (osc_grads, ('audio_encoder',))):
     for encoder in ('image_encoder', 'audio_encoder'):
       leaves = jax.tree_util.tree_leaves(tree[encoder])
       assert all(np.all(np.isfinite(leaf)) for leaf in leaves)
-      assert sum(float(jnp.sum(jnp.abs(leaf))) for leaf in leaves) > 0, encoder
+      total = sum(float(jnp.sum(jnp.abs(leaf))) for leaf in leaves)
+      assert (total > 0) == (encoder in encoders), encoder
 
 
 def test_localize_shapes_and_calibrated_object_maps(tiny):
@@ -402,6 +432,7 @@ def test_check_config():
   method.check_config(config)
   for field, value in (('model.ioi_epsilon', -0.1), ('model.mask_omega', 0.0),
                        ('model.tau1', 1.5), ('model.max_objects', 0),
+                       ('model.audio_pool', 'avg'),
                        ('loss.temperature', 0.0), ('loss.lambda_osc', -1.0)):
     bad = noprior_config.get_config('synthetic')
     block, name = field.split('.')
@@ -444,8 +475,9 @@ def test_a_planted_duet_is_counted_as_two_objects_on_their_cells():
   for sources in (1, 2):
     cells, audio, objects = _planted_scene(np.random.default_rng(sources), sources)
     out = noprior.identify_sources(
-        cells, audio, mask_alpha=model.mask_alpha, mask_omega=model.mask_omega,
-        epsilon=model.ioi_epsilon, tau1=model.tau1, tau2=model.tau2)
+        cells, audio, audio_pool=model.audio_pool, mask_alpha=model.mask_alpha,
+        mask_omega=model.mask_omega, epsilon=model.ioi_epsilon, tau1=model.tau1,
+        tau2=model.tau2, osc_image_gradient=model.osc_image_gradient)
     labels = np.asarray(out['object_labels'][0])
     roots = np.flatnonzero(labels == np.arange(len(labels)))
     assert len(roots) == sources

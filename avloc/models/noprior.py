@@ -19,29 +19,32 @@ import jax
 import jax.numpy as jnp
 
 from avloc.models.resnet import AudioEncoder, ImageEncoder
-from avloc.models.similarity import l2_normalize, own_maps, similarity_maps
+from avloc.models.similarity import l2_normalize, similarity_maps
 
 # Guards divisions by norms, and the mean of E_n when the mask covers every cell.
 _EPS = 1e-12
 
 
-def sound_association(image_features, audio_features):
+def sound_association(image_features, audio_features, audio_pool):
   """Eq. 1 for every (image n, audio m) pair.
 
-  image_features [B, N, D] (F_v cells), audio_features [B, f, t, D] (F_a). Returns
-  cells [B, N, D]: F_v cells L2-normalized; audio [B, D]: l_a = GAP(F_a), normalized;
-  similarity [B, B, N]: S_v^{n->m}, image n and audio m.
+  image_features [B, N, D] (F_v cells), audio_features [B, f, t, D] (F_a), audio_pool
+  'mean' or 'max'. Returns cells [B, N, D]: F_v cells L2-normalized; audio [B, D]: l_a,
+  the pool of F_a over (f, t), normalized; similarity [B, B, N]: S_v^{n->m}, image n and
+  audio m.
 
   S_v is the raw cosine Sim(F_v_ij, l_a) in [-1, 1]. Eq. 1 as printed also divides by
   the map's sum over cells; we leave that out, as LVS (which NoPrior builds on) and the
   official release do: Eq. 2 compares S_v with alpha = 0.65, a cosine level, where
   sum-normalized values would be about 1/N (and a sum of signed cosines can vanish or
   change sign), and Algorithm 1's stop rule max(S_v) <= epsilon then reads "no cell with
-  a cosine above epsilon is left". l_a is the global *average* pool of the paper (the
-  release max-pools).
+  a cosine above epsilon is left". l_a is the global *average* pool of the paper
+  ('mean', Fig. 2 and Sec. 3.2) or the global max-pool of the release ('max',
+  `model_base.py`: `aud_max_pool`, an `AdaptiveMaxPool2d`, as in LVS).
   """
   cells = l2_normalize(image_features)
-  audio = l2_normalize(jnp.mean(audio_features, axis=(1, 2)))
+  pool = {'mean': jnp.mean, 'max': jnp.max}[audio_pool]
+  audio = l2_normalize(pool(audio_features, axis=(1, 2)))
   return cells, audio, similarity_maps(cells, audio)
 
 
@@ -212,25 +215,37 @@ def object_maps(ioi, labels, max_objects):
           jnp.pad(found, ((0, 0), (0, missing))))
 
 
-def identify_sources(image_cells, audio_map, *, mask_alpha, mask_omega, epsilon, tau1, tau2):
+def _sound_features(cells, audio, mask_alpha, mask_omega):
+  """S_v^{n->n} [B, N], M [B, N] (Eq. 2), F_hat = S_v * F_v [B, N, D] on the unit cells
+  (LVS, the release) and E_n [B, D] from unit cells [B, N, D] and l_a [B, D]."""
+  sound_map = jnp.einsum('bnd,bd->bn', cells, audio)
+  mask = sound_mask(sound_map, mask_alpha, mask_omega)
+  return sound_map, mask, sound_map[..., None] * cells, background_embedding(cells, mask)
+
+
+def identify_sources(image_cells, audio_map, *, audio_pool, mask_alpha, mask_omega, epsilon,
+                     tau1, tau2, osc_image_gradient):
   """Eqs. 1-2, F_hat, E_n, Algorithm 1 and Sec. 3.4 on encoder outputs.
 
-  image_cells [B, N, D]: F_v cells; audio_map [B, f, t, D]: F_a. Returns similarity
-  [B, B, N] (Eq. 1), mask [B, N] (Eq. 2), sound_map [B, N] (S_v^{n->n}), ioi (Algorithm
-  1's dict), background [B, D] (E_n), bank [B, T, D] (E_p^t, differentiable) and
-  object_labels [B, T] (Sec. 3.4).
+  image_cells [B, N, D]: F_v cells; audio_map [B, f, t, D]: F_a; audio_pool: see
+  `sound_association`. Returns similarity [B, B, N] (Eq. 1), mask [B, N] (Eq. 2),
+  sound_map [B, N] (S_v^{n->n}), ioi (Algorithm 1's dict), and what Eq. 4 is computed
+  on: bank [B, T, D] (E_p^t) and background [B, D] (E_n), differentiable, with the image
+  features behind a stop-gradient unless `osc_image_gradient`; object_labels [B, T]
+  (Sec. 3.4).
   """
-  cells, _, similarity = sound_association(image_cells, audio_map)
-  sound_map = own_maps(similarity)  # S_v^{n->n} [B, N]
-  mask = sound_mask(sound_map, mask_alpha, mask_omega)
-  features = sound_map[..., None] * cells  # F_hat, on unit F_v cells (LVS, the release)
-  background = background_embedding(cells, mask)
+  cells, audio, similarity = sound_association(image_cells, audio_map, audio_pool)
+  sound_map, mask, features, background = _sound_features(cells, audio, mask_alpha,
+                                                          mask_omega)
   # The IOI decisions are not differentiated; the bank entries are, through F_hat.
   features_sg, background_sg = jax.lax.stop_gradient((features, background))
   ioi = iterative_object_identification(
       jax.lax.stop_gradient(sound_map), features_sg, background_sg, epsilon)
-  bank = jnp.take_along_axis(features, ioi['index'][..., None], axis=1)
   labels = identify_objects(*bank_similarities(ioi, background_sg), ioi['valid'], tau1, tau2)
+  if not osc_image_gradient:  # same values; L_osc's gradient reaches l_a only
+    _, _, features, background = _sound_features(jax.lax.stop_gradient(cells), audio,
+                                                 mask_alpha, mask_omega)
+  bank = jnp.take_along_axis(features, ioi['index'][..., None], axis=1)
   return dict(similarity=similarity, mask=mask, sound_map=sound_map, ioi=ioi,
               background=background, bank=bank, object_labels=labels)
 
@@ -245,6 +260,8 @@ class NoPrior(nn.Module):
   stem_pool: bool
   image_last_stride: int  # 1: stride-16 image features (ResNet18.last_stride)
   projection: bool
+  audio_pool: str  # l_a = pool of F_a: 'mean' (the paper's GAP) or 'max' (the release)
+  osc_image_gradient: bool  # False: L_osc does not train the image encoder (the release)
   mask_alpha: float
   mask_omega: float
   ioi_epsilon: float
@@ -270,8 +287,9 @@ class NoPrior(nn.Module):
     audio_map = self.audio_encoder(spectrogram, train).astype(jnp.float32)
     out = identify_sources(
         feature_map.reshape(batch, height * width, dim), audio_map,
-        mask_alpha=self.mask_alpha, mask_omega=self.mask_omega, epsilon=self.ioi_epsilon,
-        tau1=self.tau1, tau2=self.tau2)
+        audio_pool=self.audio_pool, mask_alpha=self.mask_alpha, mask_omega=self.mask_omega,
+        epsilon=self.ioi_epsilon, tau1=self.tau1, tau2=self.tau2,
+        osc_image_gradient=self.osc_image_gradient)
     return dict(out, grid=(height, width))
 
   def __call__(self, image, spectrogram, train: bool = True):
