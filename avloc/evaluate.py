@@ -297,7 +297,8 @@ class Evaluator:
               objects, gt_sources, config.threshold_protocol, self.threshold))
         if len(visuals) < config.num_visualize:
           first = next(iter(maps))
-          visuals.append((batch['image'][i], gt, maps[first],
+          # A copy: a view would hold the batch's shared memory until interpreter exit.
+          visuals.append((np.array(batch['image'][i]), gt, maps[first],
                           swapped_maps[first] if swapped_maps else None))
     if not seen:
       raise ValueError(f'{directory}: no examples to evaluate')

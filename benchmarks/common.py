@@ -1,5 +1,6 @@
 """Shared pieces of the benchmark scripts: timing, the matmul peak, model set-up, tables."""
 
+import contextlib
 import dataclasses
 import os
 import platform
@@ -19,6 +20,8 @@ if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
 from avloc import methods, sharding  # noqa: E402  pylint: disable=g-import-not-at-top
+from avloc import platform as avloc_platform  # noqa: E402  pylint: disable=g-import-not-at-top
+from avloc.models import pooling  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
 def timed(fn, *args, repeats: int = 3, warmup: int = 1) -> float:
@@ -184,6 +187,41 @@ def train_setup(config, batch_size: int, devices=None, seed: int = 0, variables=
       'spectrogram': rng.normal(size=shapes['spectrogram'].shape).astype(np.float32),
   }, mesh)
   return TrainSetup(mesh, state, step, batch)
+
+
+def train_step_call(setup: TrainSetup) -> Callable[[], None]:
+  """One call = one jitted train step on `setup`'s batch, its state carried over."""
+  holder = {'state': setup.state}
+
+  def step():
+    holder['state'], metrics = setup.step(holder['state'], setup.batch)
+    jax.block_until_ready((holder['state'], metrics))
+  return step
+
+
+def cpu_speedups_off(config, setup: TrainSetup) -> dict[str, Callable[[], None]]:
+  """The train step of `setup` with avloc's in-process CPU speed-ups switched off, each
+  alone and both: XLA:CPU's default XNNPACK convolutions (a per-compile option) and
+  XLA's own max-pool gradient. Names -> `train_step_call`s on copies of the state.
+  (glibc's keep-freed-memory is process-wide: compare a run with
+  AVLOC_KEEP_FREED_MEMORY=0.)"""
+  from avloc import train  # pylint: disable=g-import-not-at-top
+  method = methods.get_method(config.method)
+  model = method.build_model(config)
+  tx = train.make_optimizer(config.optim, optax.constant_schedule(config.optim.learning_rate))
+  variants = {}
+  for name, gradient_off, options in (
+      ('XNNPACK convolutions (XLA:CPU default)', False,
+       avloc_platform.XNNPACK_CONVOLUTIONS),
+      ('max-pool gradient of XLA', True, None),
+      ('both', True, avloc_platform.XNNPACK_CONVOLUTIONS)):
+    state = jax.tree_util.tree_map(lambda x: x.copy(), setup.state)
+    context = pooling.windowed_gradient(False) if gradient_off else contextlib.nullcontext()
+    with context:
+      step = train.make_train_step(config, model, method, tx, setup.mesh, steps_per_epoch=1)
+      step = step.lower(state, setup.batch).compile(compiler_options=options)
+    variants[name] = train_step_call(dataclasses.replace(setup, state=state, step=step))
+  return variants
 
 
 def machine() -> str:

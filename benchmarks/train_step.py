@@ -11,7 +11,8 @@ TPU listed in `common.DEVICE_PEAKS` the chip's dense peak for the dtype (MFU), e
 the FLOP/s of a large matmul of the same dtype measured in the same run. Where it is
 below 50%, the second table times the image and the audio encoder (forward + backward
 each) and gives their own utilization, so it says which part dominates and how far it
-is from peak.
+is from peak. `--changes` adds a table of the step with avloc's CPU speed-ups
+(`avloc.platform`, `models/pooling.py`) switched off, its before / after.
 """
 
 import time
@@ -28,6 +29,9 @@ _BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['16', '32', '64'], 'Global batc
 _DTYPES = flags.DEFINE_list('dtypes', ['float32'], 'Compute dtypes (train.compute_dtype).')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed steps per setting (median).')
 _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps after compiling.')
+_CHANGES = flags.DEFINE_bool(
+    'changes', False, "On the CPU, float32: also time the step with avloc's CPU speed-ups "
+    'switched off (each alone and both), interleaved with the default step.')
 
 
 def encoder_costs(config, setup) -> dict[str, tuple[float, float]]:
@@ -46,7 +50,7 @@ def encoder_costs(config, setup) -> dict[str, tuple[float, float]]:
 def main(argv):
   del argv
   print(common.machine())
-  rows, breakdown = [], []
+  rows, breakdown, changes = [], [], []
   for dtype in _DTYPES.value:
     config = _CONFIG.value.copy_and_resolve_references()
     config.train.compute_dtype = dtype
@@ -65,8 +69,17 @@ def main(argv):
       def train_step(holder=holder, step=step, batch=setup.batch):
         holder['state'], metrics = step(holder['state'], batch)
         jax.block_until_ready((holder['state'], metrics))
-      seconds = common.interleaved({'step': train_step}, _REPEATS.value,
-                                   warmup=_WARMUP.value)['step'].wall
+      calls = {'step': train_step}
+      if _CHANGES.value and dtype == 'float32' and jax.default_backend() == 'cpu':
+        calls.update(common.cpu_speedups_off(
+            config, common.TrainSetup(setup.mesh, holder['state'], step, setup.batch)))
+      timings = common.interleaved(calls, _REPEATS.value, warmup=_WARMUP.value)
+      seconds = timings['step'].wall
+      for name, timing in timings.items():
+        if name != 'step':
+          changes.append([batch_size, name, f'{batch_size / timing.wall:.1f}',
+                          f'{batch_size / seconds:.1f}', f'{timing.wall / seconds:.2f}x',
+                          f'{timing.cpu / timings["step"].cpu:.2f}x'])
       state = holder['state']
       recompiled = step._cache_size() != 1  # pylint: disable=protected-access
       utilization = flops / seconds / peak
@@ -88,6 +101,12 @@ def main(argv):
       ['dtype', 'batch', 'compile s', 'step s', 'samples/s', 'GFLOP/step', 'GFLOP/s',
        'peak GFLOP/s', 'utilization', 'host GiB', 'device GiB', 'one compile', 'donated'],
       rows)
+  if changes:
+    common.print_table(
+        f'CPU speed-ups switched off ({common.load_average()}): samples/s without them '
+        '(before) and with them (after, the default step), interleaved',
+        ['batch', 'switched off', 'before samples/s', 'after samples/s', 'gain',
+         'CPU-time gain'], changes)
   if breakdown:
     common.print_table(
         'Each encoder alone, forward + backward (separately compiled, so the parts need not '

@@ -36,8 +36,8 @@ ResNet-18 frozen by --freeze_vision=1; Adam at lr 1e-4), random weights in place
 ImageNet ones it downloads, against configs/noprior.py with single frames (the release
 trains concat_num=1). Each side runs on its own random weights: avloc.convert has no
 NoPrior kind, and the networks differ (the release also encodes the optical flow with a
-third ResNet-18 and attends the image features to it, and trains no image trunk;
-avloc max-pools the audio map as the release does, `model.audio_pool='max'`). Both get the same frame (224 px) and the
+third ResNet-18 and attends the image features to it, and trains no image trunk; both
+max-pool the audio map). Both get the same frame (224 px) and the
 release's 3 s spectrogram (257 x 276, see _NOPRIOR_SPECTROGRAM); the release also gets a
 random 2-channel optical flow.
   train step: the release's training forward (`model(..., True)`: the loss of `lvs()`
@@ -49,7 +49,6 @@ random 2-channel optical flow.
 """
 
 import contextlib
-import dataclasses
 import functools
 import importlib
 import importlib.machinery
@@ -62,11 +61,9 @@ import warnings
 import common  # sets up the import path; pylint: disable=g-bad-import-order
 import jax
 import numpy as np
-import optax
 from absl import app, flags
 
 from avloc import inference, methods, platform, weights
-from avloc.models import pooling
 from configs import jsa as jsa_configs
 from configs import noprior as noprior_configs
 
@@ -173,16 +170,6 @@ class Release:
       with self.torch.no_grad():
         return forward()
     return run
-
-
-def _avloc_train_step(setup):
-  """avloc's jitted train step on `setup` (common.train_setup), its state carried over."""
-  holder = {'state': setup.state}
-
-  def step():
-    holder['state'], metrics = setup.step(holder['state'], setup.batch)
-    jax.block_until_ready((holder['state'], metrics))
-  return step
 
 
 def _tensor(array):
@@ -297,9 +284,9 @@ def jsa_tables(release: JsaRelease):
     setup = common.train_setup(config, batch_size, variables=_variables(release_model, config),
                                inputs=ours)
     calls = {'official': release.train_step(release_model, *theirs),
-             'avloc': _avloc_train_step(setup)}
+             'avloc': common.train_step_call(setup)}
     if _CHANGES.value and index == 0:
-      calls.update(_change_variants(config, setup))
+      calls.update(common.cpu_speedups_off(config, setup))
     seconds = common.interleaved(calls, _REPEATS.value)
     rows.append(_row('JSA train step', batch_size, seconds['official'], seconds['avloc']))
     default = seconds['avloc']
@@ -354,25 +341,6 @@ def _torch_setup(torch) -> str:
           f'OMP_WAIT_POLICY={os.environ.get("OMP_WAIT_POLICY", "default")}')
 
 
-def _change_variants(config, setup) -> dict:
-  """The train step with each CPU speed-up switched off in turn, as extra timed calls."""
-  from avloc import train  # pylint: disable=g-import-not-at-top
-  method = methods.get_method(config.method)
-  model = method.build_model(config)
-  tx = train.make_optimizer(config.optim, optax.constant_schedule(config.optim.learning_rate))
-  variants = {}
-  for name, context, options in (
-      ('XNNPACK convolutions (XLA:CPU default)', contextlib.nullcontext(),
-       platform.XNNPACK_CONVOLUTIONS),
-      ('max-pool gradient of XLA', pooling.windowed_gradient(False), None)):
-    state = jax.tree_util.tree_map(lambda x: x.copy(), setup.state)
-    with context:
-      step = train.make_train_step(config, model, method, tx, setup.mesh, steps_per_epoch=1)
-      step = step.lower(state, setup.batch).compile(compiler_options=options)
-    variants[name] = _avloc_train_step(dataclasses.replace(setup, state=state, step=step))
-  return variants
-
-
 # ------------------------------------------------------------------------- NoPrior
 
 
@@ -403,7 +371,6 @@ class NoPriorRelease(Release):
 def _noprior_config():
   config = noprior_configs.get_config('vggsound_144k')
   config.data.mixture.num_sources = 1  # the release trains single frames (concat_num=1)
-  config.model.audio_pool = 'max'  # the release's `aud_max_pool`
   return config
 
 
@@ -421,7 +388,7 @@ def _noprior_train_row(release: NoPriorRelease, rng, batch_size: int):
   ours, theirs = _noprior_inputs(rng, batch_size, config)
   setup = common.train_setup(config, batch_size, inputs=ours)
   return _timed_row('NoPrior train step', batch_size,
-                    release.train_step(release.model(), *theirs), _avloc_train_step(setup))
+                    release.train_step(release.model(), *theirs), common.train_step_call(setup))
 
 
 def noprior_table(release: NoPriorRelease):
