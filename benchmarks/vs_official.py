@@ -36,8 +36,8 @@ ResNet-18 frozen by --freeze_vision=1; Adam at lr 1e-4), random weights in place
 ImageNet ones it downloads, against configs/noprior.py with single frames (the release
 trains concat_num=1). Each side runs on its own random weights: avloc.convert has no
 NoPrior kind, and the networks differ (the release also encodes the optical flow with a
-third ResNet-18 and attends the image features to it, and trains no image trunk; both
-max-pool the audio map). Both get the same frame (224 px) and the
+third ResNet-18 and attends the image features to it, and trains no image trunk; avloc
+max-pools the audio map as the release does, `model.audio_pool='max'`). Both get the same frame (224 px) and the
 release's 3 s spectrogram (257 x 276, see _NOPRIOR_SPECTROGRAM); the release also gets a
 random 2-channel optical flow.
   train step: the release's training forward (`model(..., True)`: the loss of `lvs()`
@@ -371,6 +371,7 @@ class NoPriorRelease(Release):
 def _noprior_config():
   config = noprior_configs.get_config('vggsound_144k')
   config.data.mixture.num_sources = 1  # the release trains single frames (concat_num=1)
+  config.model.audio_pool = 'max'  # the release's `aud_max_pool`
   return config
 
 

@@ -39,12 +39,13 @@ def get_config(variant: str = 'vggsound_144k') -> ml_collections.ConfigDict:
       # A projection with bias lets S_v go negative and F_hat flip background cells
       # towards the objects.
       projection=False,
-      # l_a, the audio embedding: a global max-pool of F_a, as the release computes it
-      # (`model_base.py`: `aud_max_pool`, an AdaptiveMaxPool2d, commented "GAP Ia") and
-      # as LVS, which the paper follows; 'mean' is the global average pooling that Fig. 2
-      # names. From scratch, max learns faster: test AP50 37.4 vs 22.8 at 500 steps
-      # (docs/learning.md).
-      audio_pool='max',
+      # l_a, the audio embedding: the global average pooling of F_a that the paper names
+      # (Fig. 2, Sec. 3.2); 'max' is the release's global max-pool (`model_base.py`:
+      # `aud_max_pool`, an AdaptiveMaxPool2d commented "GAP Ia"), as LVS. From scratch
+      # max learned faster (500 steps: test AP50 37.4 vs 22.8, docs/learning.md) but is
+      # not the default: with it the tiny test run's second step has a non-finite
+      # gradient norm under XLA:CPU's optimization level 0 (not traced yet).
+      audio_pool='mean',
       # L_osc's gradient stops at the image features (it trains the audio encoder through
       # S_v): in the release the ImageNet image trunk is frozen (train_vgg.sh,
       # --freeze_vision 1), so L_osc never shapes it. True lets L_osc train the image
