@@ -189,20 +189,22 @@ def train_setup(config, batch_size: int, devices=None, seed: int = 0, variables=
   return TrainSetup(mesh, state, step, batch)
 
 
-def train_step_call(setup: TrainSetup) -> Callable[[], None]:
-  """One call = one jitted train step on `setup`'s batch, its state carried over."""
-  holder = {'state': setup.state}
+class TrainStepCall:
+  """One call = one jitted train step on `setup`'s batch; `state` is the latest state
+  (the step donates the previous one)."""
 
-  def step():
-    holder['state'], metrics = setup.step(holder['state'], setup.batch)
-    jax.block_until_ready((holder['state'], metrics))
-  return step
+  def __init__(self, setup: TrainSetup):
+    self.step, self.batch, self.state = setup.step, setup.batch, setup.state
+
+  def __call__(self) -> None:
+    self.state, metrics = self.step(self.state, self.batch)
+    jax.block_until_ready((self.state, metrics))
 
 
 def cpu_speedups_off(config, setup: TrainSetup) -> dict[str, Callable[[], None]]:
   """The train step of `setup` with avloc's in-process CPU speed-ups switched off, each
   alone and both: XLA:CPU's default XNNPACK convolutions (a per-compile option) and
-  XLA's own max-pool gradient. Names -> `train_step_call`s on copies of the state.
+  XLA's own max-pool gradient. Names -> `TrainStepCall`s on copies of the state.
   (glibc's keep-freed-memory is process-wide: compare a run with
   AVLOC_KEEP_FREED_MEMORY=0.)"""
   from avloc import train  # pylint: disable=g-import-not-at-top
@@ -220,7 +222,7 @@ def cpu_speedups_off(config, setup: TrainSetup) -> dict[str, Callable[[], None]]
     with context:
       step = train.make_train_step(config, model, method, tx, setup.mesh, steps_per_epoch=1)
       step = step.lower(state, setup.batch).compile(compiler_options=options)
-    variants[name] = train_step_call(dataclasses.replace(setup, state=state, step=step))
+    variants[name] = TrainStepCall(dataclasses.replace(setup, state=state, step=step))
   return variants
 
 

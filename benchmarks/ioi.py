@@ -132,7 +132,8 @@ def main(argv):
                    f'{python_seconds / gram_seconds:.1f}x',
                    f'{gram_seconds / jit_seconds:.0%}', 'yes' if agree else 'NO'])
   common.print_table(
-      f'IOI + clustering, D = {_DIM.value}, epsilon = {_EPSILON.value} ({jax.devices()[0].platform})',
+      f'IOI + clustering, D = {_DIM.value}, epsilon = {_EPSILON.value} '
+      f'({jax.devices()[0].platform})',
       ['batch', 'grid', 'mean T', 'max T', 'objects', 'compile s', 'jit ms', 'gram ms',
        'python ms', 'python / jit', 'python / gram', 'of bound', 'agree'], rows)
 

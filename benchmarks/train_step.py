@@ -64,15 +64,11 @@ def main(argv):
       compile_seconds = time.perf_counter() - start
       flops = common.compiled_flops(step, state, setup.batch)
       old_leaf = jax.tree_util.tree_leaves(state.params)[0]
-      holder = {'state': state}
-
-      def train_step(holder=holder, step=step, batch=setup.batch):
-        holder['state'], metrics = step(holder['state'], batch)
-        jax.block_until_ready((holder['state'], metrics))
+      compiled = common.TrainSetup(setup.mesh, state, step, setup.batch)
+      train_step = common.TrainStepCall(compiled)
       calls = {'step': train_step}
       if _CHANGES.value and dtype == 'float32' and jax.default_backend() == 'cpu':
-        calls.update(common.cpu_speedups_off(
-            config, common.TrainSetup(setup.mesh, holder['state'], step, setup.batch)))
+        calls.update(common.cpu_speedups_off(config, compiled))
       timings = common.interleaved(calls, _REPEATS.value, warmup=_WARMUP.value)
       seconds = timings['step'].wall
       for name, timing in timings.items():
@@ -80,7 +76,7 @@ def main(argv):
           changes.append([batch_size, name, f'{batch_size / timing.wall:.1f}',
                           f'{batch_size / seconds:.1f}', f'{timing.wall / seconds:.2f}x',
                           f'{timing.cpu / timings["step"].cpu:.2f}x'])
-      state = holder['state']
+      state = train_step.state
       recompiled = step._cache_size() != 1  # pylint: disable=protected-access
       utilization = flops / seconds / peak
       rows.append([dtype, batch_size, f'{compile_seconds:.1f}', f'{seconds:.3f}',

@@ -37,9 +37,9 @@ ImageNet ones it downloads, against configs/noprior.py with single frames (the r
 trains concat_num=1). Each side runs on its own random weights: avloc.convert has no
 NoPrior kind, and the networks differ (the release also encodes the optical flow with a
 third ResNet-18 and attends the image features to it, and trains no image trunk; avloc
-max-pools the audio map as the release does, `model.audio_pool='max'`). Both get the same frame (224 px) and the
-release's 3 s spectrogram (257 x 276, see _NOPRIOR_SPECTROGRAM); the release also gets a
-random 2-channel optical flow.
+max-pools the audio map as the release does, `model.audio_pool='max'`). Both get the
+same frame (224 px) and the release's 3 s spectrogram (257 x 276, see
+_NOPRIOR_SPECTROGRAM); the release also gets a random 2-channel optical flow.
   train step: the release's training forward (`model(..., True)`: the loss of `lvs()`
     plus the object loss, with its Python loops of Iterative Object Identification and
     union-find), backward and Adam, against avloc's train step;
@@ -284,7 +284,7 @@ def jsa_tables(release: JsaRelease):
     setup = common.train_setup(config, batch_size, variables=_variables(release_model, config),
                                inputs=ours)
     calls = {'official': release.train_step(release_model, *theirs),
-             'avloc': common.train_step_call(setup)}
+             'avloc': common.TrainStepCall(setup)}
     if _CHANGES.value and index == 0:
       calls.update(common.cpu_speedups_off(config, setup))
     seconds = common.interleaved(calls, _REPEATS.value)
@@ -389,7 +389,7 @@ def _noprior_train_row(release: NoPriorRelease, rng, batch_size: int):
   ours, theirs = _noprior_inputs(rng, batch_size, config)
   setup = common.train_setup(config, batch_size, inputs=ours)
   return _timed_row('NoPrior train step', batch_size,
-                    release.train_step(release.model(), *theirs), common.train_step_call(setup))
+                    release.train_step(release.model(), *theirs), common.TrainStepCall(setup))
 
 
 def noprior_table(release: NoPriorRelease):
