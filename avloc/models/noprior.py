@@ -279,9 +279,11 @@ class NoPrior(nn.Module):
     self.audio_encoder = AudioEncoder(self.dim, self.width, self.stem_pool, 'none', self.dtype,
                                       self.projection)
 
-  def _identify(self, image, spectrogram, train):
+  def identify(self, image, spectrogram, train: bool = False):
     """Encoders, then `identify_sources` (float32 after the encoders: the cosines feed
-    thresholds and argmaxes)."""
+    thresholds and argmaxes): its dict, every intermediate of Eqs. 1-2, Algorithm 1 and
+    Sec. 3.4, plus grid (h, w). `__call__` and `localize` select from it; diagnostics
+    (benchmarks/map_diagnostics.py) read all of it."""
     feature_map = self.image_encoder(image, train).astype(jnp.float32)
     batch, height, width, dim = feature_map.shape
     audio_map = self.audio_encoder(spectrogram, train).astype(jnp.float32)
@@ -300,7 +302,7 @@ class NoPrior(nn.Module):
     object_labels [B, T] int32 (Sec. 3.4, -1: background / empty); background [B, D]:
     E_n; iterations [B] int32: Algorithm 1's T per sample.
     """
-    out = self._identify(image, spectrogram, train)
+    out = self.identify(image, spectrogram, train)
     return dict(similarity=out['similarity'], mask=out['mask'], bank=out['bank'],
                 bank_valid=out['ioi']['valid'], object_labels=out['object_labels'],
                 background=out['background'], iterations=out['ioi']['iterations'])
@@ -312,7 +314,7 @@ class NoPrior(nn.Module):
     object_valid [B, K] (`object_maps`, K = max_objects); num_objects [B] int32 (K_b,
     before the max_objects cut); iterations [B] int32.
     """
-    out = self._identify(image, spectrogram, False)
+    out = self.identify(image, spectrogram, False)
     batch, (height, width) = image.shape[0], out['grid']
     objects, valid = object_maps(out['ioi'], out['object_labels'], self.max_objects)
     return dict(sound_map=out['sound_map'].reshape(batch, height, width),
