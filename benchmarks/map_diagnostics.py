@@ -42,8 +42,8 @@ def _quantiles(values, q=(0.1, 0.5, 0.9)) -> str:
   return ' / '.join(f'{v:.2f}' for v in np.quantile(values, q)) if len(values) else '-'
 
 
-def _percent(flags_) -> float:
-  return 100.0 * float(np.mean(flags_)) if len(flags_) else float('nan')
+def _percent(mask) -> float:
+  return 100.0 * float(np.mean(mask)) if len(mask) else float('nan')
 
 
 def _cells_on_source(truth: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
