@@ -53,6 +53,12 @@ def center_prior(size: int, sigma: float) -> np.ndarray:
   return np.exp(-(axis[:, None] ** 2 + axis[None, :] ** 2) / (2 * sigma**2)).astype(np.float32)
 
 
+def binarize_threshold(eval_config) -> float | None:
+  """The `threshold` that `localization.binarize` takes under `eval_config`'s protocol:
+  `eval.threshold` for 'minmax', none for 'median'."""
+  return eval_config.threshold if eval_config.threshold_protocol == 'minmax' else None
+
+
 def source_maps(gt_kind: str, batch: dict, i: int, size: int) -> np.ndarray:
   """Ground truth of sample i of an eval batch as [S, size, size] source maps (S >= 1).
 
@@ -115,9 +121,7 @@ class Evaluator:
     self.workdir = workdir
     self.log = log
     self.size = config.data.image.size
-    # localization.binarize takes a threshold for 'minmax' and none for 'median'.
-    self.threshold = (config.eval.threshold if config.eval.threshold_protocol == 'minmax'
-                      else None)
+    self.threshold = binarize_threshold(config.eval)
     self.method = methods.get_method(config.method)
     self.model = self.method.build_model(config)
     self.mesh = sharding.make_mesh()

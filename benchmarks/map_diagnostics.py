@@ -21,6 +21,8 @@ cosine between E_n and the anchors E_p^t on and off the sources against tau1 (ba
 entries above tau1 are dropped as background).
 """
 
+import functools
+
 import common  # sets up the import path; pylint: disable=g-bad-import-order
 import jax
 import numpy as np
@@ -52,6 +54,14 @@ def _cells_on_source(truth: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
   height, width = grid
   blocks = truth.reshape(height, size // height, width, size // width)
   return blocks.mean(axis=(1, 3)).reshape(-1) > 0.5
+
+
+def _identify(model, variables, image, spectrogram) -> dict:
+  """`NoPrior.identify`'s outputs plus background_similarity [B, T]: cos(E_n, E_p^t), as
+  Sec. 3.4's background filter reads it (`bank_similarities`)."""
+  out = model.apply(variables, image, spectrogram, method=noprior.NoPrior.identify)
+  _, out['background_similarity'] = noprior.bank_similarities(out['ioi'], out['background'])
+  return out
 
 
 class MapScores:
@@ -86,11 +96,9 @@ class CountScores:
     self.counts.append(int(np.sum(noprior.object_roots(labels[None])[0])))
     self.truths.append(num_sources)
     self.off_source_sv.extend(out['sound_map'][b][~on_source])
-    bank, background = out['bank'][b], out['background'][b]
-    cosines = bank @ background / np.maximum(
-        np.linalg.norm(bank, axis=-1) * np.linalg.norm(background), 1e-12)
     for t in np.flatnonzero(ioi['valid'][b]):
-      self.anchor_cos[bool(on_source[ioi['index'][b, t]])].append(cosines[t])
+      self.anchor_cos[bool(on_source[ioi['index'][b, t]])].append(
+          out['background_similarity'][b, t])
 
   def row(self, split: str, epsilon: float, tau1: float) -> list:
     counts, truths = np.asarray(self.counts), np.asarray(self.truths)
@@ -108,10 +116,9 @@ def main(argv):
   names = _SPLITS.value or config_lib.eval_splits(config)
   split_dirs = experiment.resolve_splits(config, names, log=lambda _: None)
   protocol = config.eval.threshold_protocol
-  threshold = config.eval.threshold if protocol == 'minmax' else None
+  threshold = evaluate.binarize_threshold(config.eval)
   is_noprior = config.method == 'noprior'
-  identify = jax.jit(lambda variables, image, spectrogram: localizer.model.apply(
-      variables, image, spectrogram, method=noprior.NoPrior.identify)) if is_noprior else None
+  identify = jax.jit(functools.partial(_identify, localizer.model)) if is_noprior else None
   print(common.machine())
   map_rows, count_rows = [], []
   for name in names:
