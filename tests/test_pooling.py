@@ -95,3 +95,20 @@ def test_platform_choice():
       text = jax.jit(jax.grad(lambda x: jnp.sum(pool(x)))).lower(x).as_text()
     assert ('select_and_scatter' in text or 'scatter' in text) != enabled
   assert pooling.WINDOWED_GRADIENT_PLATFORMS == ('cpu',)
+
+
+def test_global_max_pool_value_and_gradient_to_the_first_maximum():
+  """Values of np.max; each channel's cotangent to its first maximal cell (row-major),
+  also among ties (post-ReLU inputs rounded to 0.1 tie often)."""
+  rng = np.random.default_rng(3)
+  x = np.maximum(np.round(rng.normal(size=(3, 4, 5, 6)), 1), 0).astype(np.float32)
+  cotangent = rng.normal(size=(3, 6)).astype(np.float32)
+  y, vjp = jax.vjp(pooling.global_max_pool, jnp.asarray(x))
+  np.testing.assert_array_equal(y, x.max(axis=(1, 2)))
+  cells = x.reshape(3, 20, 6)
+  assert ((cells == cells.max(axis=1, keepdims=True)).sum(axis=1) > 1).any(), 'no ties'
+  expected = np.zeros_like(cells)
+  for b in range(3):
+    for c in range(6):
+      expected[b, np.argmax(cells[b, :, c]), c] = cotangent[b, c]
+  np.testing.assert_array_equal(vjp(jnp.asarray(cotangent))[0], expected.reshape(x.shape))

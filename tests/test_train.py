@@ -19,6 +19,7 @@ from avloc import (checkpointing, config as config_lib, experiment, methods, pre
                    sharding, train)
 from avloc.data import pipeline
 from configs import jsa as jsa_config
+from configs import noprior as noprior_config
 from tests import linear_method, splits
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -124,6 +125,21 @@ def test_four_device_step_equals_one_device_step(method):
   # BatchNorm statistics are global-batch statistics on both meshes.
   _assert_leaves_close(state_4.batch_stats, initial_4.batch_stats, state_1.batch_stats,
                        initial_1.batch_stats, tolerance=1e-4)
+
+
+def test_noprior_max_pooled_audio_trains_with_finite_gradients_on_four_devices():
+  """NoPrior with the release's max-pooled l_a, data-parallel, at the suite's XLA:CPU
+  optimization level 0: jnp.max's gradient (which divides by the number of cells equal
+  to the maximum, compared in a second pass) gave a NaN gradient at the second step
+  here; pooling.global_max_pool's cannot."""
+  config = noprior_config.get_config('synthetic')
+  config.data.image.update(size=32, train_resize=36)
+  config.data.audio.update(seconds=0.5)
+  config.model.update(dim=32, width=4, audio_pool='max')
+  mesh, step, state = _setup(config, jax.devices())
+  for seed in range(2):
+    state, metrics = step(state, sharding.global_batch(_random_batch(config, 8, seed), mesh))
+    assert np.isfinite(jax.device_get(metrics['grad_norm'])), f'step {seed + 1}'
 
 
 class _DropoutProbe(nn.Module):

@@ -14,10 +14,13 @@ gathered from F_hat after it, and gradients reach both encoders through them (OS
 Eq. 4). benchmarks/ioi.py times it against a per-sample Python loop.
 """
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from avloc.models import pooling
 from avloc.models.resnet import AudioEncoder, ImageEncoder
 from avloc.models.similarity import l2_normalize, similarity_maps
 
@@ -43,8 +46,9 @@ def sound_association(image_features, audio_features, audio_pool):
   `model_base.py`: `aud_max_pool`, an `AdaptiveMaxPool2d`, as in LVS).
   """
   cells = l2_normalize(image_features)
-  pool = {'mean': jnp.mean, 'max': jnp.max}[audio_pool]
-  audio = l2_normalize(pool(audio_features, axis=(1, 2)))
+  pool = {'mean': functools.partial(jnp.mean, axis=(1, 2)),
+          'max': pooling.global_max_pool}[audio_pool]
+  audio = l2_normalize(pool(audio_features))
   return cells, audio, similarity_maps(cells, audio)
 
 

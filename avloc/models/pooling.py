@@ -1,4 +1,5 @@
-"""Max-pooling with a gradient that is cheap on XLA:CPU.
+"""Max-pooling: windows with a gradient that is cheap on XLA:CPU, and a global max-pool
+whose gradient cannot be 0/0.
 
 XLA differentiates a max-pool through a select-and-scatter, which XLA:CPU runs as index
 arrays, a multi-output reduce-window and a scatter: for the ResNet stem of the paper's
@@ -108,3 +109,19 @@ def _backward(window, strides, padding, residuals, cotangent):
 
 _windowed_max_pool = jax.custom_vjp(_reduce_max, nondiff_argnums=(1, 2, 3))
 _windowed_max_pool.defvjp(_forward, _backward)
+
+
+def global_max_pool(x):
+  """[B, H, W, C] -> [B, C]: the maximum over H and W (torch's AdaptiveMaxPool2d((1, 1))).
+
+  The gradient goes to the first maximal cell of each channel (row-major), as torch
+  routes it, chosen by an argmax in the forward pass. `jnp.max`'s gradient instead
+  compares the input with the maximum again and divides by the number of equal cells;
+  where XLA recomputes the input inside that comparison with other rounding, no cell
+  compares equal and the gradient is 0 / 0 = NaN (seen in a data-parallel train step
+  compiled by XLA:CPU at optimization level 0: tests/test_noprior.py).
+  """
+  batch, height, width, channels = x.shape
+  cells = x.reshape(batch, height * width, channels)
+  first_max = jnp.argmax(cells, axis=1)
+  return jnp.take_along_axis(cells, first_max[:, None, :], axis=1)[:, 0]
