@@ -54,10 +54,26 @@ def compute_dtype(config: ml_collections.ConfigDict):
   return jnp.bfloat16 if config.train.compute_dtype == 'bfloat16' else jnp.float32
 
 
-def _build_jsa(config):
-  return jsa_model.JSA(
-      **config.model.to_dict(), image_mean=tuple(config.data.image.mean),
-      image_std=tuple(config.data.image.std), dtype=compute_dtype(config))
+def _builder(module: type[nn.Module]) -> Callable[[ml_collections.ConfigDict], nn.Module]:
+  """build_model for a model whose fields are the config's `model` block plus the image
+  normalization and the compute dtype. A block lacking a field the model needs (a
+  checkpoint's config written before avloc added it) fails naming the fields."""
+  given = {'image_mean', 'image_std', 'dtype', 'parent', 'name'}
+  required = [field.name for field in dataclasses.fields(module)
+              if field.name not in given and field.default is dataclasses.MISSING
+              and field.default_factory is dataclasses.MISSING]
+
+  def build(config):
+    missing = [name for name in required if name not in config.model]
+    if missing:
+      raise config_lib.ConfigError(
+          f'config.model has no {", ".join(missing)}, which the {module.__name__} model '
+          'needs: a checkpoint whose saved config lacks them was written by an older '
+          'avloc, before these fields existed; evaluate it with the version that wrote it')
+    return module(**config.model.to_dict(), image_mean=tuple(config.data.image.mean),
+                  image_std=tuple(config.data.image.std), dtype=compute_dtype(config))
+
+  return build
 
 
 def _jsa_loss(outputs, config, epoch):
@@ -105,12 +121,6 @@ def _check_jsa_config(config):
     require(loss[name] >= 0, f'loss.{name}', 'must be >= 0', loss[name])
   require(0.0 <= config.eval.iqr_alpha <= 1.0, 'eval.iqr_alpha', 'must be in [0, 1]',
           config.eval.iqr_alpha)
-
-
-def _build_noprior(config):
-  return noprior_model.NoPrior(
-      **config.model.to_dict(), image_mean=tuple(config.data.image.mean),
-      image_std=tuple(config.data.image.std), dtype=compute_dtype(config))
 
 
 def _noprior_loss(outputs, config, epoch):
@@ -162,12 +172,6 @@ def _check_encoder_dim(model):
     config_lib.require(
         model.dim == 8 * model.width, 'model.dim',
         f'must be 8 * model.width = {8 * model.width} without a projection', model.dim)
-
-
-def _build_dual_encoder(config):
-  return dual_encoder.DualEncoder(
-      **config.model.to_dict(), image_mean=tuple(config.data.image.mean),
-      image_std=tuple(config.data.image.std), dtype=compute_dtype(config))
 
 
 def _dual_encoder_localize(model, variables, image, spectrogram, config):
@@ -231,6 +235,10 @@ def _check_fnac_config(config):
   for name in ('lambda_fns_audio', 'lambda_tne', 'lambda_fns_image', 'warmup_epochs'):
     require(loss[name] >= 0, f'loss.{name}', 'must be >= 0', loss[name])
 
+
+_build_jsa = _builder(jsa_model.JSA)
+_build_noprior = _builder(noprior_model.NoPrior)
+_build_dual_encoder = _builder(dual_encoder.DualEncoder)
 
 _METHODS = {
     'jsa': Method('jsa', _build_jsa, _jsa_loss, _jsa_localize, _check_jsa_config,

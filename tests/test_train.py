@@ -304,6 +304,16 @@ def test_evaluation_takes_the_architecture_from_the_checkpoint_and_inference_kno
       line for line in logs if 'infer_sharpening' in line]
 
 
+def test_a_checkpoint_config_older_than_a_model_field_fails_naming_the_field():
+  config = noprior_config.get_config('synthetic')
+  saved = noprior_config.get_config('synthetic').to_dict()
+  del saved['model']['audio_pool'], saved['model']['osc_image_gradient']
+  merged = config_lib.with_saved_model(config, saved, log=lambda _: None)
+  with pytest.raises(config_lib.ConfigError,
+                     match=r'config.model has no audio_pool, osc_image_gradient, .*NoPrior'):
+    methods.get_method('noprior').build_model(merged)
+
+
 def test_unwritable_workdir_fails_with_a_clear_message(tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('not a directory')
