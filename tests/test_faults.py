@@ -261,8 +261,7 @@ def test_several_processes_decide_at_the_preemption_sync_point(monkeypatch):
 
 def test_an_evaluation_with_input_workers_leaves_no_shared_memory_behind(data, tmp_path):
   config = _config(data)
-  config.data.num_workers = 1
-  config.eval.splits = 'toy_test'
+  config.eval.update(num_workers=1, splits='toy_test')
   evaluator = evaluate.Evaluator(config, {'toy_test': str(data / 'toy_test')},
                                  str(tmp_path / 'run'), log=lambda _: None)
   for batch in evaluator._batches(str(data / 'toy_test')):  # what every split's loop reads  # pylint: disable=protected-access

@@ -128,6 +128,19 @@ def _corrupt_copy(split_dir, tmp_path):
   return str(copy)
 
 
+def test_eval_batches_are_the_same_with_worker_processes(split_dir):
+  """Consecutive records per batch for any eval.num_workers, so the audio-swap partners
+  (paired within a batch) do not depend on it."""
+  config = _config()
+  batches = {}
+  for workers in (0, 2):
+    config.eval.num_workers = workers
+    batches[workers] = list(pipeline.eval_dataset(config, split_dir, batch_size=10))
+  assert [list(b['index']) for b in batches[2]] == [list(b['index']) for b in batches[0]]
+  assert list(batches[0][1]['index']) == list(range(10, 20))
+  np.testing.assert_array_equal(batches[2][2]['spectrogram'], batches[0][2]['spectrogram'])
+
+
 def test_a_corrupt_record_names_the_shard_and_record(split_dir, tmp_path):
   corrupt = _corrupt_copy(split_dir, tmp_path)
   with pytest.raises(tfrecord.FormatError,

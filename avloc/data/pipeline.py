@@ -160,15 +160,15 @@ def train_dataset(config: ml_collections.ConfigDict, split_dir: str, *, seed: in
              .to_iter_dataset()
              .filter(lambda x: x is not None)
              .batch(global_batch_size // process_count, drop_remainder=True))
-  return _prefetch(dataset, config)
+  return _prefetch(dataset, config, config.data.num_workers)
 
 
-def _prefetch(dataset: grain.IterDataset, config) -> grain.IterDataset:
-  """`data.num_workers` worker processes (none for 0), which end with this process."""
-  if config.data.num_workers == 0:
+def _prefetch(dataset: grain.IterDataset, config, num_workers: int) -> grain.IterDataset:
+  """`num_workers` worker processes (none for 0), which end with this process."""
+  if num_workers == 0:
     return dataset
   return dataset.mp_prefetch(grain.MultiprocessingOptions(
-      num_workers=config.data.num_workers,
+      num_workers=num_workers,
       per_worker_buffer_size=config.data.worker_buffer_size),
       worker_init_fn=functools.partial(workers.watch_parent, os.getpid()))
 
@@ -234,17 +234,24 @@ def collate_eval(examples: list[dict], batch_size: int) -> dict:
 def eval_dataset(config: ml_collections.ConfigDict, split_dir: str,
                  batch_size: int) -> grain.IterDataset:
   """Every record of the split once, in order, as batches with EVAL_KEYS (see
-  `eval_example` and `collate_eval`). Every process reads all of it."""
+  `eval_example` and `collate_eval`) of consecutive records (a bad record skipped with
+  `data.skip_bad_records` leaves a padded slot). Every process reads all of it.
+
+  Workers (`eval.num_workers`) decode whole batches, so the batches, and with them
+  each image's swapped audio (`grounding.swap_partners` pairs within a batch), are the
+  same for any number of workers; batching the decoded records inside the workers
+  would give each worker every n-th record."""
   source = RecordSource(split_dir)
   _check_split(source, config)
   classes = source.manifest.classes
   decoder = _Decoder(source, config)
 
-  def decode(index):
-    return decoder.decode(index, lambda index, example: eval_example(
-        example, index, classes, config))
+  def decode_batch(indices):
+    examples = [decoder.decode(index, lambda index, example: eval_example(
+        example, index, classes, config)) for index in indices]
+    examples = [example for example in examples if example is not None]
+    return collate_eval(examples, batch_size) if examples else None
 
-  dataset = grain.MapDataset.range(len(source)).map(decode).to_iter_dataset()
-  dataset = dataset.filter(lambda x: x is not None)
-  dataset = dataset.batch(batch_size, batch_fn=lambda e: collate_eval(e, batch_size))
-  return _prefetch(dataset, config)
+  dataset = (grain.MapDataset.range(len(source)).batch(batch_size, batch_fn=list)
+             .map(decode_batch).to_iter_dataset().filter(lambda batch: batch is not None))
+  return _prefetch(dataset, config, config.eval.num_workers)
