@@ -119,7 +119,7 @@ def global_max_pool(x):
   compares the input with the maximum again and divides by the number of equal cells;
   where XLA recomputes the input inside that comparison with other rounding, no cell
   compares equal and the gradient is 0 / 0 = NaN (seen in a data-parallel train step
-  compiled by XLA:CPU at optimization level 0: tests/test_noprior.py).
+  compiled by XLA:CPU at optimization level 0: tests/test_train.py).
   """
   batch, height, width, channels = x.shape
   cells = x.reshape(batch, height * width, channels)
