@@ -171,8 +171,8 @@ def cpu_sized(config: ml_collections.ConfigDict) -> None:
   config.train.checkpoint_every_steps = 200
   config.eval.batch_size = 100
   # Evaluation decodes in the training process: on 2 CPU cores starting two worker
-  # processes per split cost more than they save (NoPrior's five splits: 60 s in
-  # process, 136 s with workers).
+  # processes per split cost more than they save (NoPrior's five splits: 2.05x as long
+  # with them; benchmarks/input_pipeline.py, RESULTS.md).
   config.eval.num_workers = 0
   # One binarization for every method on this benchmark: the JSA release's 0.6 of the
   # min-max normalized map. The median protocol (EZ-VSL, NoPrior) predicts half of the
