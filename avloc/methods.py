@@ -58,9 +58,9 @@ def _builder(module: type[nn.Module]) -> Callable[[ml_collections.ConfigDict], n
   """build_model for a model whose fields are the config's `model` block plus the image
   normalization and the compute dtype. A block lacking a field the model needs (a
   checkpoint's config written before avloc added it) fails naming the fields."""
-  given = {'image_mean', 'image_std', 'dtype', 'parent', 'name'}
   required = [field.name for field in dataclasses.fields(module)
-              if field.name not in given and field.default is dataclasses.MISSING
+              if field.name not in ('image_mean', 'image_std')
+              and field.default is dataclasses.MISSING
               and field.default_factory is dataclasses.MISSING]
 
   def build(config):

@@ -22,7 +22,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from avloc import evaluate, experiment
+from avloc import config as config_lib, evaluate, experiment
 from avloc.data import pipeline
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/jsa.py:synthetic', 'Config.')
@@ -51,8 +51,7 @@ def pipeline_rate(config, split_dir: str, workers: int) -> tuple[float, float]:
 def evaluation_times(config, variables) -> dict[int, float]:
   """{eval.num_workers: median seconds of one `Evaluator.evaluate`}, rounds alternating
   between the counts so that drifts in machine speed hit each alike."""
-  names = [name.strip() for name in config.eval.splits.split(',') if name.strip()]
-  split_dirs = experiment.resolve_splits(config, names)
+  split_dirs = experiment.resolve_splits(config, config_lib.eval_splits(config))
   times = {int(workers): [] for workers in _EVAL_WORKERS.value}
   for _ in range(_EVAL_ROUNDS.value):
     for workers in times:

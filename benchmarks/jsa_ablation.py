@@ -19,7 +19,7 @@ import common  # sets up the import path; pylint: disable=g-bad-import-order
 from absl import app, flags
 from ml_collections import config_flags
 
-from avloc import experiment
+from avloc import config as config_lib, experiment
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/jsa.py:synthetic', 'Config.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'One subdirectory per variant.', required=True)
@@ -53,7 +53,7 @@ def main(argv):
   if unknown:
     raise app.UsageError(f'--variants: unknown {unknown}; choose from {list(VARIANTS)}')
   print(common.machine())
-  splits = [s.strip() for s in _CONFIG.value.eval.splits.split(',') if s.strip()]
+  splits = config_lib.eval_splits(_CONFIG.value)
   rows = []
   for name in _VARIANTS.value:
     metrics, seconds = run_variant(name)

@@ -246,9 +246,11 @@ def eval_dataset(config: ml_collections.ConfigDict, split_dir: str,
   classes = source.manifest.classes
   decoder = _Decoder(source, config)
 
+  def transform(index, example):
+    return eval_example(example, index, classes, config)
+
   def decode_batch(indices):
-    examples = [decoder.decode(index, lambda index, example: eval_example(
-        example, index, classes, config)) for index in indices]
+    examples = [decoder.decode(index, transform) for index in indices]
     examples = [example for example in examples if example is not None]
     return collate_eval(examples, batch_size) if examples else None
 
