@@ -281,6 +281,7 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path, method):
     ('optim.name', 'sgd', r"config\.optim\.name must be 'adam' or 'adamw', got 'sgd'"),
     ('train.batch_size', 0, r'config\.train\.batch_size must be > 0, got 0'),
     ('eval.threshold_protocol', 'otsu', r'config\.eval\.threshold_protocol must be'),
+    ('eval.num_workers', -1, r'config\.eval\.num_workers must be >= 0, got -1'),
 ])
 def test_bad_config_values_fail_naming_the_field(tmp_path, field, value, message):
   config = tiny_config()
