@@ -25,6 +25,7 @@ import functools
 
 import common  # sets up the import path; pylint: disable=g-bad-import-order
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
@@ -58,9 +59,11 @@ def _cells_on_source(truth: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
 
 def _identify(model, variables, image, spectrogram) -> dict:
   """`NoPrior.identify`'s outputs plus background_similarity [B, T]: cos(E_n, E_p^t), as
-  Sec. 3.4's background filter reads it (`bank_similarities`)."""
+  Sec. 3.4's background filter reads it (`cell_similarities` at the bank's cells)."""
   out = model.apply(variables, image, spectrogram, method=noprior.NoPrior.identify)
-  _, out['background_similarity'] = noprior.bank_similarities(out['ioi'], out['background'])
+  _, with_background = noprior.cell_similarities(out['ioi'], out['background'])
+  out['background_similarity'] = jnp.take_along_axis(with_background, out['ioi']['index'],
+                                                      axis=1)
   return out
 
 

@@ -185,6 +185,49 @@ def test_ioi_while_loop_matches_per_sample_algorithm_1(epsilon):
                                atol=1e-6)
   np.testing.assert_array_equal(got['iterations'], iterations)
   assert iterations[0] == 0 and len(set(iterations)) >= 3, iterations
+  order, peak = np.asarray(got['order']), np.asarray(got['peak'])
+  for b in range(6):  # every cell once, the bank's first and in slot order
+    np.testing.assert_array_equal(np.sort(order[b]), np.arange(15))
+    np.testing.assert_array_equal(order[b, :iterations[b]], got['index'][b, :iterations[b]])
+    np.testing.assert_array_equal(np.flatnonzero(peak[b]), np.sort(order[b, :iterations[b]]))
+  np.testing.assert_allclose(got['gram'], features @ np.swapaxes(features, 1, 2), rtol=1e-5,
+                             atol=1e-6)
+
+
+def test_ioi_when_each_bank_entry_depends_on_the_one_before():
+  """A path of cells, S_v decreasing along it, each region holding only the cell's path
+  neighbours: Algorithm 1 takes every other cell, and whether a cell is taken depends on
+  every cell before it, the longest chain the suppression rounds can meet (N + 1)."""
+  cells = 12
+  path = np.eye(cells, cells + 1) + np.eye(cells, cells + 1, k=1)  # <u_i, u_j> > 0: |i-j| <= 1
+  sound_map = np.linspace(0.9, 0.3, cells, dtype=np.float32)[None]
+  features = (sound_map[..., None] * _normalize(path)).astype(np.float32)
+  background = np.zeros((1, cells + 1), np.float32)  # R_n = 0
+  got = jax.jit(noprior.iterative_object_identification, static_argnums=3)(
+      sound_map, features, background, 0.1)
+  expected = _reference_ioi(sound_map[0], features[0], background[0], 0.1)
+  assert [p for p, _, _ in expected] == list(range(0, cells, 2))
+  np.testing.assert_array_equal(got['index'][0, :len(expected)], [p for p, _, _ in expected])
+  np.testing.assert_array_equal(got['region'][0, :len(expected)], [r for _, r, _ in expected])
+  assert int(got['iterations'][0]) == len(expected)
+
+
+def test_ioi_takes_the_lower_cell_first_among_equal_sound_values():
+  """Algorithm 1's argmax on ties: the lowest index (orthogonal cells, so every cell with
+  S_v > epsilon is taken, and only the order is in question)."""
+  sound_map = np.array([[0.5, 0.9, 0.5, 0.9, 0.2, 0.9]], np.float32)
+  features = sound_map[..., None] * np.eye(6, dtype=np.float32)
+  got = noprior.iterative_object_identification(sound_map, features, np.zeros((1, 6)), 0.3)
+  np.testing.assert_array_equal(got['index'][0, :5], [1, 3, 5, 0, 2])
+  np.testing.assert_array_equal(got['order'][0], [1, 3, 5, 0, 2, 4])
+  expected = _reference_ioi(sound_map[0], features[0], np.zeros(6, np.float32), 0.3)
+  assert [p for p, _, _ in expected] == [1, 3, 5, 0, 2]
+
+
+def test_ioi_refuses_a_negative_stop_threshold():
+  with pytest.raises(ValueError, match='epsilon must be >= 0'):
+    noprior.iterative_object_identification(np.ones((1, 3)), np.ones((1, 3, 2)),
+                                            np.zeros((1, 2)), -0.1)
 
 
 def test_ioi_jit_with_samples_needing_different_iteration_counts():
@@ -240,6 +283,29 @@ def test_connected_components_match_union_find():
   np.testing.assert_array_equal(got[1], np.zeros(size))
 
 
+def test_connected_components_name_components_by_their_first_node_in_an_order():
+  rng = np.random.default_rng(9)
+  batch, size = 4, 20
+  upper = np.triu(rng.random((batch, size, size)) < 0.08, 1)
+  adjacency = upper | np.transpose(upper, (0, 2, 1))
+  order = np.stack([rng.permutation(size) for _ in range(batch)]).astype(np.int32)
+  got = np.asarray(jax.jit(noprior.connected_components)(adjacency, order))
+  for b in range(batch):
+    rank = np.argsort(order[b])
+    parent = list(range(size))  # union-find over ranks, the earlier root kept
+
+    def find(x, parent=parent):
+      while parent[x] != x:
+        x = parent[x]
+      return x
+
+    for i, j in zip(*np.nonzero(adjacency[b])):
+      x, y = find(rank[i]), find(rank[j])
+      parent[max(x, y)] = min(x, y)
+    np.testing.assert_array_equal(got[b], [find(rank[i]) for i in range(size)])
+  assert len(np.unique(got)) < batch * size  # some components join several nodes
+
+
 def test_connected_components_match_scipy_on_random_similarities():
   csgraph = pytest.importorskip('scipy.sparse.csgraph')
   rng = np.random.default_rng(7)
@@ -256,6 +322,17 @@ def test_connected_components_match_scipy_on_random_similarities():
     assert len(np.unique(got[b])) == count
 
 
+def _bank_as_ioi(bank, valid, background):
+  """An `iterative_object_identification` dict whose cells are the bank's entries, in
+  slot order: F_hat = bank [B, T, D], the valid slots the bank's cells."""
+  batch, slots, _ = bank.shape
+  order = np.broadcast_to(np.arange(slots, dtype=np.int32), (batch, slots))
+  return dict(gram=jnp.asarray(np.einsum('bsd,btd->bst', bank, bank), jnp.float32),
+              background=jnp.asarray(np.einsum('btd,bd->bt', bank, background), jnp.float32),
+              peak=jnp.asarray(valid), valid=jnp.asarray(valid),
+              order=jnp.asarray(order), index=jnp.asarray(np.where(valid, order, 0)))
+
+
 def test_identify_objects_matches_union_find_reference():
   rng = np.random.default_rng(5)
   batch, slots, dim = 4, 16, 6
@@ -264,11 +341,8 @@ def test_identify_objects_matches_union_find_reference():
       size=(batch, slots, dim))
   background = centres[2] + 0.1 * rng.normal(size=(batch, dim))
   valid = np.arange(slots)[None] < np.array([[16], [9], [1], [0]])
-  unit = _normalize(bank)
-  labels = noprior.identify_objects(
-      np.einsum('bsd,btd->bst', unit, unit), np.einsum('btd,bd->bt', unit,
-                                                      _normalize(background)),
-      valid, 0.7, 0.6)
+  labels = noprior.identify_objects(_bank_as_ioi(bank, valid, background),
+                                    jnp.asarray(background, jnp.float32), 0.7, 0.6)
   for b in range(batch):
     np.testing.assert_array_equal(
         labels[b], _union_find_labels(bank[b], valid[b], background[b], 0.7, 0.6))
@@ -283,19 +357,18 @@ def test_identified_objects_and_their_maps_end_to_end():
   @jax.jit
   def pipeline(sound_map, features, background):
     ioi = noprior.iterative_object_identification(sound_map, features, background, 0.0)
-    similarities = noprior.bank_similarities(ioi, background)
-    labels = noprior.identify_objects(*similarities, ioi['valid'], 0.7, 0.3)
+    similarities = noprior.cell_similarities(ioi, background)
+    labels = noprior.identify_objects(ioi, background, 0.7, 0.3)
     return ioi, similarities, labels, *noprior.object_maps(ioi, labels, max_objects=4)
 
   ioi, (similarity, with_background), labels, object_maps, valid = jax.device_get(
       pipeline(sound_map, features, background))
   bank = np.take_along_axis(features, ioi['index'][..., None], axis=1)
-  for b in range(3):  # the cosines read off R_p, R_n are those of the bank entries
-    steps = ioi['iterations'][b]
-    unit = _normalize(bank[b, :steps])
-    np.testing.assert_allclose(similarity[b, :steps, :steps], unit @ unit.T, atol=1e-5)
-    np.testing.assert_allclose(with_background[b, :steps],
-                               unit @ _normalize(background[b]), atol=1e-5)
+  for b in range(3):  # the cosines read off Algorithm 1's inner products
+    unit = _normalize(features[b])
+    np.testing.assert_allclose(similarity[b], unit @ unit.T, atol=1e-5)
+    np.testing.assert_allclose(with_background[b], unit @ _normalize(background[b]),
+                               atol=1e-5)
   assert object_maps.shape == (3, 4, 12) and valid.shape == (3, 4)
   assert np.all((object_maps >= 0) & (object_maps <= 1))
   for b in range(3):

@@ -6,12 +6,16 @@ need; `NoPrior.localize` is the inference pass (Sec. 3.4). Inputs may be mixture
 frames side by side give an image of width n * height and a feature map [h, n*w]; every
 function here works on the flattened cells, N = h * w for any grid.
 
-IOI runs over the whole batch in one `jax.lax.while_loop` with static shapes: the object
-bank has one slot per iteration, at most N (every iteration removes at least its own
-cell from S_v), with a validity mask. While loops are not reverse-differentiable, so the
-loop only chooses cells and regions (on stop-gradient inputs); the bank entries E_p are
-gathered from F_hat after it, and gradients reach both encoders through them (OSC loss,
-Eq. 4). benchmarks/ioi.py times it against a per-sample Python loop.
+IOI runs over the whole batch with static shapes: the object bank has one slot per
+iteration, at most N (every iteration removes at least its own cell from S_v), with a
+validity mask. Algorithm 1's bank is what non-maximum suppression in S_v order keeps, and
+one `jax.lax.while_loop` finds it as a fixed point, a few rounds of one batched
+matrix-vector product each (`iterative_object_identification`); the clustering of Sec.
+3.4 reads its cosines off the same Gram matrix of F_hat, over cells. While loops are not
+reverse-differentiable, so the loops only choose cells and regions (on stop-gradient
+inputs); the bank entries E_p are gathered from F_hat after them, and gradients reach
+both encoders through them (OSC loss, Eq. 4). benchmarks/ioi.py times it against a
+per-sample Python loop.
 """
 
 import functools
@@ -73,118 +77,138 @@ def background_embedding(cells, mask):
 
 
 def iterative_object_identification(sound_map, features, background, epsilon):
-  """Algorithm 1 on a batch, one `jax.lax.while_loop` with static shapes.
+  """Algorithm 1 on a batch, with static shapes: which cells are E_p^t, in which order.
 
-  sound_map [B, N]: S_v; features [B, N, D]: F_hat = S_v * F_v; background [B, D]: E_n.
-  Every iteration, for each sample not yet done: E_p = F_hat at argmax(S_v) (ties: the
-  lowest cell index); R_p = <F_hat, E_p>, R_n = <F_hat, E_n> per cell; the sound-making
-  region R_p > R_n, plus the argmax cell itself (its R_p = |E_p|^2 need not beat R_n,
-  and without it S_v could keep its maximum forever); S_v <- S_v * not(region); bank
-  slot t <- (argmax cell, region, R_p). A sample is done once max(S_v) <= epsilon (also
-  before the first iteration); the loop ends when all are done, after at most N
-  iterations. Regions may overlap, as in Algorithm 1.
+  sound_map [B, N]: S_v; features [B, N, D]: F_hat = S_v * F_v; background [B, D]: E_n;
+  epsilon >= 0. Algorithm 1 repeats, for each sample: E_p = F_hat at argmax(S_v) (ties:
+  the lowest cell index); R_p = <F_hat, E_p>, R_n = <F_hat, E_n> per cell; the
+  sound-making region R_p > R_n, plus the argmax cell itself (its R_p = |E_p|^2 need not
+  beat R_n, and without it S_v could keep its maximum forever); S_v <- S_v * not(region);
+  until max(S_v) <= epsilon (also before the first iteration). Regions may overlap.
+
+  S_v only ever loses cells (to 0 <= epsilon), so the t-th argmax is the first cell in
+  decreasing S_v (ties: lower index first) with S_v > epsilon that no earlier E_p's
+  region holds: the bank is what non-maximum suppression in S_v order keeps. We compute
+  that set as the fixed point of keep = (S_v > epsilon) and not (a kept cell before c
+  holds c in its region), one batched matrix-vector product per round of a
+  `jax.lax.while_loop` that stops when no sample changes. A cell's status is final one
+  round after those of all cells before it, so at most N + 1 rounds (a path of cells,
+  each region holding its neighbours, takes them all); benchmarks/ioi.py's scenes take 2
+  where Algorithm 1 as written takes one iteration per bank entry (up to 44). Every
+  R_p^t is a row of the Gram matrix of F_hat, computed once. tests/test_noprior.py
+  checks every output against Algorithm 1 written as printed.
 
   Returns a dict, T = N: index [B, T] int32, the cell of E_p^t; region [B, T, N] bool;
   foreground [B, T, N]: R_p^t; background [B, N]: R_n; valid [B, T] bool, slot t filled
-  (the first `iterations` slots); iterations [B] int32. Unfilled slots hold index 0 and
-  zeros.
+  (the first `iterations` slots); iterations [B] int32; and, for Sec. 3.4
+  (`identify_objects`): gram [B, N, N], <F_hat_i, F_hat_j>; peak [B, N] bool, the cell
+  is some E_p^t; order [B, N] int32, every cell once: the bank's cells in slot order
+  (index on the valid slots), then the others. Unfilled slots hold index 0 and zeros.
   """
+  if epsilon < 0:  # cells already taken are 0 in S_v: Algorithm 1 would pick them again
+    raise ValueError(f"Algorithm 1's stop threshold epsilon must be >= 0, got {epsilon}")
   sound_map, features, background = map(jnp.asarray, (sound_map, features, background))
   batch, cells = sound_map.shape
-  # Every R_p^t is a row of the Gram matrix of F_hat: one batched matmul up front, and
-  # each iteration gathers a row instead of streaming F_hat again.
   gram = jnp.einsum('bnd,bmd->bnm', features, features)
-  negative = jnp.einsum('bnd,bd->bn', features, background)  # R_n, fixed over iterations
-  rows = jnp.arange(batch)
+  negative = jnp.einsum('bnd,bd->bn', features, background)  # R_n
   positions = jnp.arange(cells)
+  candidate = sound_map > epsilon
+  first, second = sound_map[:, :, None], sound_map[:, None, :]
+  before = (first > second) | (  # [b, p, c]: cell p comes before cell c in S_v order
+      (first == second) & (positions[:, None] < positions[None, :]))
+  suppresses = ((gram > negative[:, None, :]) & candidate[:, :, None] & before).astype(
+      jnp.float32)  # 0/1: the count of suppressing cells is a float matmul, exact
 
-  def not_done(state):
-    return (state['step'] < cells) & ~jnp.all(state['done'])
+  def suppress(state):
+    keep, _ = state
+    held = jnp.einsum('bpc,bp->bc', suppresses, keep.astype(jnp.float32))
+    new = candidate & (held == 0)
+    return new, jnp.any(new != keep)
 
-  def iterate(state):
-    step, active = state['step'], ~state['done']
-    peak = jnp.argmax(state['remaining'], axis=1)
-    positive = gram[rows, peak]  # R_p^t = <F_hat, E_p^t> [B, N]
-    found = ((positive > negative) | (positions == peak[:, None])) & active[:, None]
-    remaining = state['remaining'] * ~found
-    return dict(
-        step=step + 1, remaining=remaining,
-        done=state['done'] | (jnp.max(remaining, axis=1) <= epsilon),
-        index=state['index'].at[:, step].set(jnp.where(active, peak, 0)),
-        iterations=state['iterations'] + active)
-
-  # The loop carries only what the next iteration needs; the regions are recomputed from
-  # the bank's indices afterwards (the same comparison, without a [B, T, N] loop state).
-  state = jax.lax.while_loop(not_done, iterate, dict(
-      step=jnp.zeros((), jnp.int32), remaining=sound_map,
-      done=jnp.max(sound_map, axis=1) <= epsilon, index=jnp.zeros((batch, cells), jnp.int32),
-      iterations=jnp.zeros((batch,), jnp.int32)))
-  index, iterations = state['index'], state['iterations']
+  peak, _ = jax.lax.while_loop(lambda state: state[1], suppress,
+                               (candidate, jnp.array(True)))
+  iterations = jnp.sum(peak, axis=1, dtype=jnp.int32)
+  # The bank's cells in decreasing S_v, then the others by index (top_k keeps the lower
+  # index first among equal values).
+  _, order = jax.lax.top_k(jnp.where(peak, sound_map, -jnp.inf), cells)
   valid = positions < iterations[:, None]  # [B, T]: the first `iterations` slots
+  index = jnp.where(valid, order, 0)
   foreground = jnp.take_along_axis(gram, index[..., None], axis=1) * valid[..., None]
   region = (((foreground > negative[:, None]) | (positions == index[..., None]))
             & valid[..., None])
   return dict(index=index, region=region, foreground=foreground, background=negative,
-              valid=valid, iterations=iterations)
+              valid=valid, iterations=iterations, gram=gram, peak=peak, order=order)
 
 
-def bank_similarities(ioi, background):
-  """Sec. 3.4's cosines, read off Algorithm 1's inner products (no new Gram matrix).
+def cell_similarities(ioi, background):
+  """Sec. 3.4's cosines for every pair of cells, read off Algorithm 1's inner products.
 
-  ioi: `iterative_object_identification`'s dict; background [B, D]: E_n. Since E_p^s is
-  F_hat at cell index_s, <E_p^t, E_p^s> = R_p^t[index_s] and <E_n, E_p^t> =
-  R_n[index_t]. Returns cos(E_p^s, E_p^t) [B, T, T] (symmetrized) and cos(E_n, E_p^t)
-  [B, T]; unfilled slots give zeros.
+  ioi: `iterative_object_identification`'s dict; background [B, D]: E_n. Bank entry t is
+  F_hat at cell index_t, so cos(E_p^s, E_p^t) is entry (index_s, index_t) here. Returns
+  cos(F_hat_i, F_hat_j) [B, N, N] (symmetrized) and cos(E_n, F_hat_i) [B, N]; cells with
+  F_hat = 0 give zeros.
   """
-  index = ioi['index']
-  batch, slots = index.shape
-  products = jnp.take_along_axis(  # [b, t, s] = <E_p^t, E_p^s>
-      ioi['foreground'], jnp.broadcast_to(index[:, None, :], (batch, slots, slots)), axis=2)
-  products = (products + jnp.swapaxes(products, 1, 2)) / 2
-  norms = jnp.sqrt(jnp.maximum(jnp.diagonal(products, axis1=1, axis2=2), 0.0))  # |E_p^t|
-  pairwise = products / jnp.maximum(norms[:, :, None] * norms[:, None, :], _EPS)
-  with_background = jnp.take_along_axis(ioi['background'], index, axis=1) / jnp.maximum(
+  gram = ioi['gram']
+  norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram, axis1=1, axis2=2), 0.0))  # |F_hat_i|
+  pairwise = (gram + jnp.swapaxes(gram, 1, 2)) / 2 / jnp.maximum(
+      norms[:, :, None] * norms[:, None, :], _EPS)
+  with_background = ioi['background'] / jnp.maximum(
       norms * jnp.linalg.norm(background, axis=-1, keepdims=True), _EPS)
   return pairwise, with_background
 
 
-def connected_components(adjacency):
-  """[B, T, T] symmetric bool -> [B, T] int32: each node's smallest connected index.
+def connected_components(adjacency, order=None):
+  """[B, N, N] symmetric bool -> [B, N] int32: the smallest rank in each node's component.
 
-  Label propagation in a `jax.lax.while_loop` until nothing changes: every node takes
-  the smallest label among itself and its neighbours, then the label of its label
-  (pointer jumping). A label is always a node of the same component with an index no
-  larger than the node's, so the fixed point is the component minimum: union-find's
-  root when unions keep the smaller root. Each round costs O(T^2) per sample; the rounds
-  number about the log of the components' diameter (at most T).
+  order [B, N] int32: per sample a permutation, the node at each rank (default: node i
+  has rank i, so the label is the component's smallest node). Label propagation in a
+  `jax.lax.while_loop` until nothing changes: every node takes the smallest rank among
+  itself and its neighbours, then the label of the node holding that rank (pointer
+  jumping). A label is always the rank of a node of the same component no later than
+  the node, so the fixed point is the component minimum: union-find's root when unions
+  keep the earlier root. Each round costs O(N^2) per sample; the rounds number about the
+  log of the components' diameter (at most N).
   """
-  size = adjacency.shape[-1]
-  start = jnp.broadcast_to(jnp.arange(size, dtype=jnp.int32), adjacency.shape[:-1])
+  batch, size = adjacency.shape[:2]
+  nodes = jnp.broadcast_to(jnp.arange(size, dtype=jnp.int32), (batch, size))
+  order = nodes if order is None else order
+  rank = jnp.zeros_like(nodes).at[jnp.arange(batch)[:, None], order].set(nodes)
+  # Non-neighbours lie `size` above every rank, so the smallest neighbouring rank is a
+  # min over a float sum: XLA:CPU reduces that about twice as fast as an integer select.
+  distance = jnp.where(adjacency, 0.0, float(size))
 
   def propagate(state):
     labels, _ = state
-    neighbours = jnp.min(jnp.where(adjacency, labels[:, None, :], size), axis=-1)
-    smaller = jnp.minimum(labels, neighbours)
-    jumped = jnp.take_along_axis(smaller, smaller, axis=-1)
+    neighbours = jnp.min(distance + labels[:, None, :].astype(jnp.float32), axis=-1)
+    smaller = jnp.minimum(labels, neighbours.astype(jnp.int32))
+    jumped = jnp.take_along_axis(
+        smaller, jnp.take_along_axis(order, smaller, axis=1), axis=1)
     return jumped, jnp.any(jumped != labels)
 
-  labels, _ = jax.lax.while_loop(lambda state: state[1], propagate, (start, jnp.array(True)))
+  labels, _ = jax.lax.while_loop(lambda state: state[1], propagate,
+                                 (rank, jnp.array(True)))
   return labels
 
 
-def identify_objects(similarity, background_similarity, valid, tau1, tau2):
+def identify_objects(ioi, background, tau1, tau2):
   """Sec. 3.4: bank entries -> object labels.
 
-  similarity [B, T, T]: cos(E_p^s, E_p^t); background_similarity [B, T]: cos(E_n, E_p^t);
-  valid [B, T]. Entries with cos(E_n, E_p) > tau1 are background; the others are grouped
-  into objects, two entries joined when their cosine is > tau2, transitively (union-find
-  in the paper, connected components here). Returns labels [B, T] int32: an object is
-  named by its first bank slot (the entry of highest S_v when found); -1 for background
-  and empty slots.
+  ioi: `iterative_object_identification`'s dict; background [B, D]: E_n. Entries with
+  cos(E_n, E_p) > tau1 are background; the others are grouped into objects, two entries
+  joined when their cosine is > tau2, transitively (union-find in the paper, connected
+  components here, over the cells: bank entries are cells, and the other cells take no
+  part). Returns labels [B, T] int32: an object is named by its first bank slot (the
+  entry of highest S_v); -1 for background and empty slots.
   """
-  kept = valid & ~(background_similarity > tau1)
-  labels = connected_components((similarity > tau2) & kept[:, :, None] & kept[:, None, :])
-  return jnp.where(kept, labels, -1)
+  pairwise, with_background = cell_similarities(ioi, background)
+  kept = ioi['peak'] & ~(with_background > tau1)  # [B, N], over cells
+  labels = connected_components((pairwise > tau2) & kept[:, :, None] & kept[:, None, :],
+                                ioi['order'])
+  # A bank cell's rank in `order` is its slot: the labels already name slots.
+  index = ioi['index']
+  slot_labels = jnp.take_along_axis(labels, index, axis=1)
+  kept_slots = ioi['valid'] & jnp.take_along_axis(kept, index, axis=1)
+  return jnp.where(kept_slots, slot_labels, -1)
 
 
 def object_roots(labels):
@@ -245,7 +269,7 @@ def identify_sources(image_cells, audio_map, *, audio_pool, mask_alpha, mask_ome
   features_sg, background_sg = jax.lax.stop_gradient((features, background))
   ioi = iterative_object_identification(
       jax.lax.stop_gradient(sound_map), features_sg, background_sg, epsilon)
-  labels = identify_objects(*bank_similarities(ioi, background_sg), ioi['valid'], tau1, tau2)
+  labels = identify_objects(ioi, background_sg, tau1, tau2)
   if not osc_image_gradient:  # same values; L_osc's gradient reaches l_a only
     _, _, features, background = _sound_features(jax.lax.stop_gradient(cells), audio,
                                                  mask_alpha, mask_omega)
