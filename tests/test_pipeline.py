@@ -141,6 +141,21 @@ def test_eval_batches_are_the_same_with_worker_processes(split_dir):
   np.testing.assert_array_equal(batches[2][2]['spectrogram'], batches[0][2]['spectrogram'])
 
 
+def test_train_batches_are_the_same_with_worker_processes(split_dir):
+  """Workers decode whole batches of consecutive inputs, so a run's batches (and with
+  them its training) do not depend on data.num_workers."""
+  config = _config(noprior_config)  # mixtures: consecutive records per input as well
+  config.data.mixture.num_sources = 2
+  batches = {}
+  for workers in (0, 2):
+    config.data.num_workers = workers
+    iterator = iter(_train(config, split_dir, batch=3))
+    batches[workers] = [next(iterator) for _ in range(5)]  # crosses an epoch boundary
+  for want, got in zip(batches[0], batches[2]):
+    np.testing.assert_array_equal(got['image'], want['image'])
+    np.testing.assert_array_equal(got['spectrogram'], want['spectrogram'])
+
+
 def test_a_corrupt_record_names_the_shard_and_record(split_dir, tmp_path):
   corrupt = _corrupt_copy(split_dir, tmp_path)
   with pytest.raises(tfrecord.FormatError,
@@ -153,6 +168,20 @@ def test_bad_records_are_skipped_when_the_config_says_so(split_dir, tmp_path):
   batches = list(pipeline.eval_dataset(_config(skip_bad_records=True), corrupt, batch_size=8))
   index = np.concatenate([b['index'][b['valid']] for b in batches])
   assert sorted(index) == [i for i in range(24) if i != 2]
+
+
+def test_a_bad_training_record_fails_or_skips_its_batch(split_dir, tmp_path):
+  corrupt = _corrupt_copy(split_dir, tmp_path)
+  config = _config()
+  config.data.image.update(flip=False, train_resize=32)
+  with pytest.raises(tfrecord.FormatError, match=r'split-00000-of-00002\.tfrecord'):
+    list(zip(range(6), _train(config, corrupt)))  # one epoch: 6 batches of 4
+  clean = [b['image'] for _, b in zip(range(6), _train(config, split_dir))]
+  config.data.skip_bad_records = True
+  skipping = [b['image'] for _, b in zip(range(5), _train(config, corrupt))]
+  # The batch holding the bad record is left out; the others are unchanged.
+  kept = [c for c in clean if not any(np.array_equal(c, s) for s in skipping)]
+  assert len(kept) == 1 and all(any(np.array_equal(s, c) for c in clean) for s in skipping)
 
 
 def test_undecodable_jpeg_names_the_record(tmp_path):

@@ -8,10 +8,11 @@ sees exactly the batches it would have seen. The price is one seek per record, w
 negligible next to JPEG decoding (benchmarks/input_pipeline.py).
 
 Training: shuffle (same permutation on every process) -> this process's share
-(index % process_count) -> repeat, reshuffled per epoch -> decode + augment per record
-with a per-record RNG (deterministic) -> NoPrior mixtures: `mixture.num_sources`
-consecutive records side by side, waveforms summed -> spectrogram -> batch -> worker
-processes (`mp_prefetch`).
+(index % process_count) -> repeat, reshuffled per epoch -> NoPrior mixtures:
+`mixture.num_sources` consecutive records -> batches of consecutive inputs -> decode +
+augment with a per-batch RNG (deterministic), frames side by side and waveforms summed
+-> spectrogram -> worker processes (`mp_prefetch`), each producing whole batches, so the
+batches are the same for any `data.num_workers`.
 Evaluation: every record in order, deterministic transforms, the last batch padded and
 marked by `valid`.
 """
@@ -152,14 +153,25 @@ def train_dataset(config: ml_collections.ConfigDict, split_dir: str, *, seed: in
     return {'image': np.concatenate(images, axis=1),
             'spectrogram': _spectrogram(np.sum(waveforms, axis=0), config, rng)}
 
+  def decode_batch(inputs, rng):
+    """[b][n] record indices -> a batch; None (the batch skipped) if a record is bad
+    and `data.skip_bad_records`, so that every batch has the static batch size."""
+    examples = [example(indices, rng) for indices in inputs]
+    if any(e is None for e in examples):
+      return None
+    return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
+
+  # Batches are formed from indices before the worker processes, which then decode
+  # whole batches: batching decoded inputs inside the workers would give each worker
+  # every n-th input, and the batches would depend on `data.num_workers`.
   dataset = (grain.MapDataset.range(len(source)).seed(seed).shuffle()
              .slice(slice(process_index, None, process_count))
              .repeat(None)
              .batch(sources, drop_remainder=True, batch_fn=list)
-             .random_map(example, seed=seed * 1000003 + process_index)
+             .batch(global_batch_size // process_count, drop_remainder=True, batch_fn=list)
+             .random_map(decode_batch, seed=seed * 1000003 + process_index)
              .to_iter_dataset()
-             .filter(lambda x: x is not None)
-             .batch(global_batch_size // process_count, drop_remainder=True))
+             .filter(lambda x: x is not None))
   return _prefetch(dataset, config, config.data.num_workers)
 
 
