@@ -154,25 +154,37 @@ def train_dataset(config: ml_collections.ConfigDict, split_dir: str, *, seed: in
             'spectrogram': _spectrogram(np.sum(waveforms, axis=0), config, rng)}
 
   def decode_batch(inputs, rng):
-    """[b][n] record indices -> a batch; None (the batch skipped) if a record is bad
-    and `data.skip_bad_records`, so that every batch has the static batch size."""
+    """[b][n] record indices -> the batch's b inputs; none (the batch skipped) if a
+    record is bad and `data.skip_bad_records`, so that every batch has b inputs."""
     examples = [example(indices, rng) for indices in inputs]
-    if any(e is None for e in examples):
-      return None
-    return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
+    return [] if any(e is None for e in examples) else examples
 
-  # Batches are formed from indices before the worker processes, which then decode
-  # whole batches: batching decoded inputs inside the workers would give each worker
-  # every n-th input, and the batches would depend on `data.num_workers`.
+  # A batch's inputs are chosen and decoded together, from record indices, before the
+  # worker processes: each worker then turns whole batches into inputs and stacks them
+  # back (Grain's batch, which writes to shared memory). Batching decoded inputs would
+  # give each worker every n-th input, and the batches would depend on the number of
+  # workers.
+  batch_size = global_batch_size // process_count
   dataset = (grain.MapDataset.range(len(source)).seed(seed).shuffle()
              .slice(slice(process_index, None, process_count))
              .repeat(None)
              .batch(sources, drop_remainder=True, batch_fn=list)
-             .batch(global_batch_size // process_count, drop_remainder=True, batch_fn=list)
+             .batch(batch_size, drop_remainder=True, batch_fn=list)
              .random_map(decode_batch, seed=seed * 1000003 + process_index)
-             .to_iter_dataset()
-             .filter(lambda x: x is not None))
+             .to_iter_dataset())
+  dataset = grain.experimental.FlatMapIterDataset(dataset, _Inputs(batch_size)).batch(
+      batch_size, drop_remainder=True)
   return _prefetch(dataset, config, config.data.num_workers)
+
+
+class _Inputs(grain.experimental.FlatMapTransform):
+  """A decoded batch's list of inputs -> the inputs (none for a skipped batch)."""
+
+  def __init__(self, batch_size: int):
+    self.max_fan_out = batch_size
+
+  def flat_map(self, element):
+    return element
 
 
 def _prefetch(dataset: grain.IterDataset, config, num_workers: int) -> grain.IterDataset:
