@@ -185,11 +185,12 @@ def test_ioi_while_loop_matches_per_sample_algorithm_1(epsilon):
                                atol=1e-6)
   np.testing.assert_array_equal(got['iterations'], iterations)
   assert iterations[0] == 0 and len(set(iterations)) >= 3, iterations
-  order, peak = np.asarray(got['order']), np.asarray(got['peak'])
-  for b in range(6):  # every cell once, the bank's first and in slot order
-    np.testing.assert_array_equal(np.sort(order[b]), np.arange(15))
-    np.testing.assert_array_equal(order[b, :iterations[b]], got['index'][b, :iterations[b]])
-    np.testing.assert_array_equal(np.flatnonzero(peak[b]), np.sort(order[b, :iterations[b]]))
+  slot, peak = np.asarray(got['slot']), np.asarray(got['peak'])
+  for b in range(6):  # the bank's cells, each with its slot; the other cells N
+    bank_cells = np.asarray(got['index'][b, :iterations[b]])
+    np.testing.assert_array_equal(np.flatnonzero(peak[b]), np.sort(bank_cells))
+    np.testing.assert_array_equal(slot[b, bank_cells], np.arange(iterations[b]))
+    np.testing.assert_array_equal(slot[b, ~peak[b]], 15)
   np.testing.assert_allclose(got['gram'], features @ np.swapaxes(features, 1, 2), rtol=1e-5,
                              atol=1e-6)
 
@@ -219,7 +220,7 @@ def test_ioi_takes_the_lower_cell_first_among_equal_sound_values():
   features = sound_map[..., None] * np.eye(6, dtype=np.float32)
   got = noprior.iterative_object_identification(sound_map, features, np.zeros((1, 6)), 0.3)
   np.testing.assert_array_equal(got['index'][0, :5], [1, 3, 5, 0, 2])
-  np.testing.assert_array_equal(got['order'][0], [1, 3, 5, 0, 2, 4])
+  np.testing.assert_array_equal(got['slot'][0], [3, 0, 4, 1, 6, 2])  # cell 4: no slot
   expected = _reference_ioi(sound_map[0], features[0], np.zeros(6, np.float32), 0.3)
   assert [p for p, _, _ in expected] == [1, 3, 5, 0, 2]
 
@@ -283,27 +284,81 @@ def test_connected_components_match_union_find():
   np.testing.assert_array_equal(got[1], np.zeros(size))
 
 
-def test_connected_components_name_components_by_their_first_node_in_an_order():
+def _union_find_over_ranks(adjacency, rank, active):
+  """Per node: the smallest rank in its component of the graph on the active nodes
+  (union-find over ranks, the earlier root kept); inactive nodes keep their rank."""
+  parent = {int(r): int(r) for r in rank[active]}
+
+  def find(x):
+    while parent[x] != x:
+      x = parent[x]
+    return x
+
+  for i, j in zip(*np.nonzero(adjacency)):
+    if active[i] and active[j]:
+      x, y = find(rank[i]), find(rank[j])
+      parent[max(x, y)] = min(x, y)
+  return [find(rank[i]) if active[i] else rank[i] for i in range(len(rank))]
+
+
+def test_connected_components_name_components_by_their_smallest_rank():
   rng = np.random.default_rng(9)
   batch, size = 4, 20
   upper = np.triu(rng.random((batch, size, size)) < 0.08, 1)
   adjacency = upper | np.transpose(upper, (0, 2, 1))
-  order = np.stack([rng.permutation(size) for _ in range(batch)]).astype(np.int32)
-  got = np.asarray(jax.jit(noprior.connected_components)(adjacency, order))
+  rank = np.stack([rng.permutation(size) for _ in range(batch)]).astype(np.int32)
+  got = np.asarray(jax.jit(noprior.connected_components)(adjacency, rank))
   for b in range(batch):
-    rank = np.argsort(order[b])
-    parent = list(range(size))  # union-find over ranks, the earlier root kept
-
-    def find(x, parent=parent):
-      while parent[x] != x:
-        x = parent[x]
-      return x
-
-    for i, j in zip(*np.nonzero(adjacency[b])):
-      x, y = find(rank[i]), find(rank[j])
-      parent[max(x, y)] = min(x, y)
-    np.testing.assert_array_equal(got[b], [find(rank[i]) for i in range(size)])
+    np.testing.assert_array_equal(
+        got[b], _union_find_over_ranks(adjacency[b], rank[b], np.ones(size, bool)))
   assert len(np.unique(got)) < batch * size  # some components join several nodes
+
+
+def test_connected_components_leave_inactive_nodes_out():
+  """Inactive nodes join nothing and bridge nothing: a path a - x - b with x inactive
+  is two components; ranks of the active nodes only need to be distinct among them."""
+  path = np.eye(3, k=1, dtype=bool)
+  got = noprior.connected_components((path | path.T)[None], np.array([[0, 5, 1]], np.int32),
+                                     np.array([[True, False, True]]))
+  np.testing.assert_array_equal(got, [[0, 5, 1]])
+  rng = np.random.default_rng(10)
+  batch, size = 6, 24
+  upper = np.triu(rng.random((batch, size, size)) < 0.1, 1)
+  adjacency = upper | np.transpose(upper, (0, 2, 1))
+  active = rng.random((batch, size)) < 0.6
+  # Active nodes ranked 0, 1, ... in a random order, the others all `size` (as slots).
+  rank = np.full((batch, size), size, np.int32)
+  for b in range(batch):
+    chosen = rng.permutation(np.flatnonzero(active[b]))
+    rank[b, chosen] = np.arange(len(chosen))
+  got = np.asarray(jax.jit(noprior.connected_components)(adjacency, rank, active))
+  for b in range(batch):
+    np.testing.assert_array_equal(got[b], _union_find_over_ranks(adjacency[b], rank[b],
+                                                                 active[b]))
+  with_all = np.asarray(jax.jit(noprior.connected_components)(adjacency, rank))
+  assert np.any(got != with_all)  # the inactive nodes did bridge components
+
+
+def test_connected_components_end_on_a_one_way_edge():
+  """`cell_similarities` relies on the Gram's symmetry; were an edge one-way, the loop
+  still ends, and only the node with the edge takes the other's label."""
+  one_way = np.array([[[False, True], [False, False]]])  # 0 -> 1
+  np.testing.assert_array_equal(noprior.connected_components(one_way), [[0, 1]])
+  np.testing.assert_array_equal(
+      noprior.connected_components(one_way, np.array([[1, 0]], np.int32)), [[0, 0]])
+
+
+@pytest.mark.parametrize('batch,cells,dim', [(8, 49, 512), (8, 98, 512), (3, 196, 64),
+                                             (2, 300, 33), (5, 7, 1)])
+def test_the_gram_of_f_hat_is_exactly_symmetric(batch, cells, dim):
+  """What `cell_similarities` relies on: XLA's Gram of F_hat with itself has equal
+  entries (i, j) and (j, i), bit for bit."""
+  rng = np.random.default_rng(cells)
+  features = (rng.normal(size=(batch, cells, dim)) * rng.random((batch, cells, 1))).astype(
+      np.float32)
+  gram = np.asarray(jax.jit(noprior.iterative_object_identification, static_argnums=3)(
+      features[..., 0], features, features[:, 0], 0.1)['gram'])
+  np.testing.assert_array_equal(gram, np.swapaxes(gram, 1, 2))
 
 
 def test_connected_components_match_scipy_on_random_similarities():
@@ -330,7 +385,8 @@ def _bank_as_ioi(bank, valid, background):
   return dict(gram=jnp.asarray(np.einsum('bsd,btd->bst', bank, bank), jnp.float32),
               background=jnp.asarray(np.einsum('btd,bd->bt', bank, background), jnp.float32),
               peak=jnp.asarray(valid), valid=jnp.asarray(valid),
-              order=jnp.asarray(order), index=jnp.asarray(np.where(valid, order, 0)))
+              slot=jnp.asarray(np.where(valid, order, slots)),
+              index=jnp.asarray(np.where(valid, order, 0)))
 
 
 def test_identify_objects_matches_union_find_reference():

@@ -102,8 +102,8 @@ def iterative_object_identification(sound_map, features, background, epsilon):
   foreground [B, T, N]: R_p^t; background [B, N]: R_n; valid [B, T] bool, slot t filled
   (the first `iterations` slots); iterations [B] int32; and, for Sec. 3.4
   (`identify_objects`): gram [B, N, N], <F_hat_i, F_hat_j>; peak [B, N] bool, the cell
-  is some E_p^t; order [B, N] int32, every cell once: the bank's cells in slot order
-  (index on the valid slots), then the others. Unfilled slots hold index 0 and zeros.
+  is some E_p^t; slot [B, N] int32, the bank slot of each such cell (N for the others;
+  index inverts it on the valid slots). Unfilled slots hold index 0 and zeros.
   """
   if epsilon < 0:  # cells already taken are 0 in S_v: Algorithm 1 would pick them again
     raise ValueError(f"Algorithm 1's stop threshold epsilon must be >= 0, got {epsilon}")
@@ -128,16 +128,18 @@ def iterative_object_identification(sound_map, features, background, epsilon):
   peak, _ = jax.lax.while_loop(lambda state: state[1], suppress,
                                (candidate, jnp.array(True)))
   iterations = jnp.sum(peak, axis=1, dtype=jnp.int32)
-  # The bank's cells in decreasing S_v, then the others by index (top_k keeps the lower
-  # index first among equal values).
-  _, order = jax.lax.top_k(jnp.where(peak, sound_map, -jnp.inf), cells)
+  # A bank cell's slot is the number of bank cells before it in S_v order (a 0/1 count
+  # again); the other cells get N, and `index` inverts it on the filled slots.
+  ahead = jnp.einsum('bpc,bp->bc', before.astype(jnp.float32), peak.astype(jnp.float32))
+  slot = jnp.where(peak, ahead.astype(jnp.int32), cells)
+  index = jnp.zeros_like(slot).at[jnp.arange(batch)[:, None], slot].set(
+      positions.astype(jnp.int32), mode='drop')
   valid = positions < iterations[:, None]  # [B, T]: the first `iterations` slots
-  index = jnp.where(valid, order, 0)
   foreground = jnp.take_along_axis(gram, index[..., None], axis=1) * valid[..., None]
   region = (((foreground > negative[:, None]) | (positions == index[..., None]))
             & valid[..., None])
   return dict(index=index, region=region, foreground=foreground, background=negative,
-              valid=valid, iterations=iterations, gram=gram, peak=peak, order=order)
+              valid=valid, iterations=iterations, gram=gram, peak=peak, slot=slot)
 
 
 def cell_similarities(ioi, background):
@@ -145,44 +147,58 @@ def cell_similarities(ioi, background):
 
   ioi: `iterative_object_identification`'s dict; background [B, D]: E_n. Bank entry t is
   F_hat at cell index_t, so cos(E_p^s, E_p^t) is entry (index_s, index_t) here. Returns
-  cos(F_hat_i, F_hat_j) [B, N, N] (symmetrized) and cos(E_n, F_hat_i) [B, N]; cells with
-  F_hat = 0 give zeros.
+  cos(F_hat_i, F_hat_j) [B, N, N] and cos(E_n, F_hat_i) [B, N]; cells with F_hat = 0
+  give zeros. The first is as symmetric as the Gram matrix: XLA sums the same products
+  in the same order for entries (i, j) and (j, i) of F_hat's Gram with itself, so they
+  are equal (tests/test_noprior.py checks it for many shapes); a backend that rounded
+  them apart could join a pair at exactly tau2 one way only, which the clustering
+  tolerates (see `connected_components`). Not symmetrizing saves a transposing pass
+  over [B, N, N], ~6 % of the 7x14 batch-8 IOI (benchmarks/RESULTS.md).
   """
   gram = ioi['gram']
   norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram, axis1=1, axis2=2), 0.0))  # |F_hat_i|
-  pairwise = (gram + jnp.swapaxes(gram, 1, 2)) / 2 / jnp.maximum(
-      norms[:, :, None] * norms[:, None, :], _EPS)
+  pairwise = gram / jnp.maximum(norms[:, :, None] * norms[:, None, :], _EPS)
   with_background = ioi['background'] / jnp.maximum(
       norms * jnp.linalg.norm(background, axis=-1, keepdims=True), _EPS)
   return pairwise, with_background
 
 
-def connected_components(adjacency, order=None):
+def connected_components(adjacency, rank=None, active=None):
   """[B, N, N] symmetric bool -> [B, N] int32: the smallest rank in each node's component.
 
-  order [B, N] int32: per sample a permutation, the node at each rank (default: node i
-  has rank i, so the label is the component's smallest node). Label propagation in a
-  `jax.lax.while_loop` until nothing changes: every node takes the smallest rank among
-  itself and its neighbours, then the label of the node holding that rank (pointer
-  jumping). A label is always the rank of a node of the same component no later than
-  the node, so the fixed point is the component minimum: union-find's root when unions
-  keep the earlier root. Each round costs O(N^2) per sample; the rounds number about the
-  log of the components' diameter (at most N).
+  rank [B, N] int32: distinct ranks of the active nodes (default: node i has rank i, so
+  the label is the component's smallest node); active [B, N] bool: the nodes that take
+  part (default: all). Edges from inactive nodes are ignored, and they keep their rank
+  as label. Label propagation in a `jax.lax.while_loop` until nothing changes: every
+  active node takes the smallest rank among itself and its active neighbours, then the
+  label of the node holding that rank (pointer jumping). A label is always the rank of
+  a node of the same component no later than the node, so the fixed point is the
+  component minimum: union-find's root when unions keep the earlier root. Each round
+  costs O(N^2) per sample; the rounds number about the log of the components' diameter
+  (at most N). Inactive nodes are masked per node ([B, N]), not in the [B, N, N]
+  adjacency, which saves one pass over it. Labels only ever fall, so the loop ends for
+  any adjacency; a one-way edge i -> j lets i take j's label, not j take i's.
   """
   batch, size = adjacency.shape[:2]
   nodes = jnp.broadcast_to(jnp.arange(size, dtype=jnp.int32), (batch, size))
-  order = nodes if order is None else order
-  rank = jnp.zeros_like(nodes).at[jnp.arange(batch)[:, None], order].set(nodes)
-  # Non-neighbours lie `size` above every rank, so the smallest neighbouring rank is a
-  # min over a float sum: XLA:CPU reduces that about twice as fast as an integer select.
+  rank = nodes if rank is None else rank
+  active = jnp.ones((batch, size), bool) if active is None else active
+  node_at_rank = jnp.zeros_like(nodes).at[jnp.arange(batch)[:, None],
+                                          jnp.where(active, rank, size)].set(nodes, mode='drop')
+  # Non-neighbours lie `size` above every rank and inactive nodes `2 * size`, so the
+  # smallest neighbouring rank is a min over a float sum: XLA:CPU reduces that about
+  # twice as fast as an integer select.
   distance = jnp.where(adjacency, 0.0, float(size))
+  unheard = jnp.where(active, 0.0, 2.0 * size)
 
   def propagate(state):
     labels, _ = state
-    neighbours = jnp.min(distance + labels[:, None, :].astype(jnp.float32), axis=-1)
+    heard = labels.astype(jnp.float32) + unheard
+    neighbours = jnp.min(distance + heard[:, None, :], axis=-1)
     smaller = jnp.minimum(labels, neighbours.astype(jnp.int32))
     jumped = jnp.take_along_axis(
-        smaller, jnp.take_along_axis(order, smaller, axis=1), axis=1)
+        smaller, jnp.take_along_axis(node_at_rank, smaller, axis=1), axis=1)
+    jumped = jnp.where(active, jumped, labels)
     return jumped, jnp.any(jumped != labels)
 
   labels, _ = jax.lax.while_loop(lambda state: state[1], propagate,
@@ -202,9 +218,8 @@ def identify_objects(ioi, background, tau1, tau2):
   """
   pairwise, with_background = cell_similarities(ioi, background)
   kept = ioi['peak'] & ~(with_background > tau1)  # [B, N], over cells
-  labels = connected_components((pairwise > tau2) & kept[:, :, None] & kept[:, None, :],
-                                ioi['order'])
-  # A bank cell's rank in `order` is its slot: the labels already name slots.
+  labels = connected_components(pairwise > tau2, ioi['slot'], kept)
+  # A bank cell's rank is its slot: the labels already name slots.
   index = ioi['index']
   slot_labels = jnp.take_along_axis(labels, index, axis=1)
   kept_slots = ioi['valid'] & jnp.take_along_axis(kept, index, axis=1)
