@@ -5,8 +5,8 @@ Forward and input-gradient convolutions run as fast there as on XLA's own (Eigen
 but weight-gradient convolutions 3-4x slower, and less accurately (relative error
 against float64 ~4.5e-6 instead of ~4e-7). On CPU avloc therefore leaves convolutions
 out of XNNPACK (`CPU_XLA_FLAGS`; dots and reductions stay there): the paper-size JSA
-train step gets 1.3-1.5x faster on 2 cores (benchmarks/vs_official.py --changes,
-benchmarks/RESULTS.md).
+train step gets 1.3-1.5x faster on 2 cores of one VM and 1.01x on an AVX-512 EPYC one
+(benchmarks/vs_official.py --changes, benchmarks/RESULTS.md).
 
 XLA:CPU also allocates each step's buffers afresh (hundreds of MB to GBs for the paper
 models, above glibc's 32 MB ceiling for reusing freed blocks), so glibc maps them anew

@@ -226,9 +226,28 @@ def cpu_speedups_off(config, setup: TrainSetup) -> dict[str, Callable[[], None]]
   return variants
 
 
+def cpu_model(cpuinfo: str = '/proc/cpuinfo') -> str:
+  """The CPU's model name and widest vector ISA (Linux), e.g. 'AMD EPYC, AVX-512': the
+  speed ratios against torch move with it (benchmarks/RESULTS.md), so every table says
+  which CPU measured it. `platform.processor()` elsewhere."""
+  try:
+    with open(cpuinfo) as f:
+      text = f.read()
+  except OSError:
+    return platform.processor() or 'unknown CPU'
+  fields = {key.strip(): value for key, value in (
+      line.split(':', 1) for line in text.splitlines()[:40] if ':' in line)}
+  name = fields.get('model name', '').strip() or 'unknown CPU'
+  flags = set(fields.get('flags', '').split())
+  isa = next((label for flag, label in (('avx512f', 'AVX-512'), ('avx2', 'AVX2'),
+                                        ('avx', 'AVX'), ('asimd', 'NEON')) if flag in flags),
+             None)
+  return f'{name}, {isa}' if isa else name
+
+
 def machine() -> str:
   device = jax.devices()[0]
-  return (f'{platform.node() or "host"}: {os.cpu_count()} CPU cores, '
+  return (f'{platform.node() or "host"}: {os.cpu_count()} CPU cores ({cpu_model()}), '
           f'{jax.device_count()} x {device.device_kind} ({device.platform}), jax {jax.__version__}')
 
 
