@@ -18,12 +18,14 @@ version ('<variant>+ogl', EZ-VSL's OGL as JSA Tables 1-2 report it) and the Imag
 object prior alone is scored once per split as a second baseline.
 """
 
+import contextlib
 import csv
 import functools
 import gc
 import io
 import json
 
+import grain
 import jax
 import numpy as np
 from etils import epath
@@ -112,6 +114,27 @@ class _SplitScores:
     return scores
 
 
+def _out_of_shared_memory(batch: dict) -> dict:
+  """Copies of the arrays that Grain's workers hand over in shared memory (ndarray
+  subclasses); other values as they are."""
+  copied = {}
+  for key, value in batch.items():
+    shared = isinstance(value, np.ndarray) and type(value) is not np.ndarray  # pylint: disable=unidiomatic-typecheck
+    copied[key] = np.array(value) if shared else value
+  return copied
+
+
+def _wait_for_shared_memory_release() -> None:
+  """Returns once Grain has closed and unlinked the shared memory of the arrays dropped
+  so far. It does so on a background thread (`SharedMemoryArray`'s asynchronous
+  deletion: one thread, whose private pool we hand a no-op that runs after them; a Grain
+  without it is not waited for), which a process exiting at once would cut short,
+  leaving the segments to the resource tracker: tests/test_faults_processes.py."""
+  deletions = getattr(grain.multiprocessing.SharedMemoryArray, '_del_thread_pool', None)
+  if deletions is not None:
+    deletions.apply(int)
+
+
 class Evaluator:
   """Evaluates model variables on the configured splits (see module docstring)."""
 
@@ -188,18 +211,22 @@ class Evaluator:
     return complete
 
   def _batches(self, directory):
-    """The split's batches. When the loop ends (or is left) the input workers stop, and
-    the reference cycles through which Grain's finished prefetch threads still hold their
-    last batches are collected: the batches' shared memory is freed now, not after the
-    run ("leaked shared_memory objects")."""
+    """The split's batches, copied out of the input workers' shared memory: a batch the
+    evaluation still references when it is left (a local, or a traceback's frame after a
+    preemption) would keep its segments until interpreter exit ("leaked shared_memory
+    objects"). When the loop ends (or is left) the input workers stop, with the batches
+    in flight, the reference cycles through which Grain's finished prefetch threads still
+    hold their last batches are collected, and their segments are released before this
+    returns (a preempted run exits right after)."""
     iterator = iter(pipeline.eval_dataset(self.config, directory,
                                           batch_size=self.config.eval.batch_size))
     try:
-      yield from iterator
+      yield from map(_out_of_shared_memory, iterator)
     finally:
       iterator.close()
       del iterator
       gc.collect()
+      _wait_for_shared_memory_release()
 
   def _baselines(self) -> list[str]:
     return [CENTER_PRIOR] + ([OBJECT_PRIOR] if self._object_trunk is not None else [])
@@ -261,49 +288,52 @@ class Evaluator:
     scores, embeddings, labels, multi, visuals = {}, ([], []), [], [], []
     correlations, extended = {}, {}  # per variant: [corr], [(ciou, conf, swapped conf)]
     seen = 0
-    for batch in self._batches(directory):
-      if self.interrupt is not None and self.interrupt():
-        raise preemption.Preempted(f'evaluation of {split} stopped at example {seen}')
-      chosen = np.flatnonzero(batch['valid'])
-      if config.max_examples:
-        chosen = chosen[:max(config.max_examples - seen, 0)]
-      if not len(chosen):
-        break
-      outputs = self._outputs(model, batch)
-      swap = self._swap_order(model, batch, chosen)
-      swapped_outputs = self._outputs(model, batch, audio_order=swap[0]) if swap else None
-      for i in chosen:
-        seen += 1
-        gt_sources = source_maps(manifest.gt, batch, i, self.size)
-        gt = np.clip(gt_sources.sum(0), 0, 1) if len(gt_sources) > 1 else gt_sources[0]
-        maps = self._maps(outputs, i)
-        group = avsbench_video(str(batch['id'][i])) if per_video else None
-        cious = {name: scores.setdefault(name, _SplitScores()).add(
-            heatmap, gt, config.threshold_protocol, self.threshold, keep_masks, group)
-                 for name, heatmap in maps.items()}
-        swapped_maps = self._maps(swapped_outputs, i) if swap and swap[1][i] else {}
-        for name, heatmap in swapped_maps.items():
-          scores.setdefault(name + SWAP_SUFFIX, _SplitScores()).add(
-              heatmap, gt, config.threshold_protocol, self.threshold, False)
-          correlations.setdefault(name, []).append(
-              grounding.map_correlation(maps[name], heatmap))
-        for name, score_map in outputs.get('scores', {}).items() if swapped_maps else ():
-          extended.setdefault(name, []).append((
-              cious[name], multisource.object_confidence(score_map[i]),
-              multisource.object_confidence(swapped_outputs['scores'][name][i])))
-        if 'image_embedding' in outputs:
-          embeddings[0].append(outputs['image_embedding'][i])
-          embeddings[1].append(outputs['audio_embedding'][i])
-          labels.append(int(batch['label'][i]))
-        if 'object_maps' in outputs:
-          objects = np.asarray(outputs['object_maps'][i][outputs['object_valid'][i]])
-          multi.append(multisource.evaluate_sample(
-              objects, gt_sources, config.threshold_protocol, self.threshold))
-        if len(visuals) < config.num_visualize:
-          first = next(iter(maps))
-          # A copy: a view would hold the batch's shared memory until interpreter exit.
-          visuals.append((np.array(batch['image'][i]), gt, maps[first],
-                          swapped_maps[first] if swapped_maps else None))
+    # Closed as soon as the loop is left, also by an exception (a preemption): the
+    # input workers' batches in flight are freed then, not at interpreter exit.
+    with contextlib.closing(self._batches(directory)) as batches:
+      for batch in batches:
+        if self.interrupt is not None and self.interrupt():
+          raise preemption.Preempted(f'evaluation of {split} stopped at example {seen}')
+        chosen = np.flatnonzero(batch['valid'])
+        if config.max_examples:
+          chosen = chosen[:max(config.max_examples - seen, 0)]
+        if not len(chosen):
+          break
+        outputs = self._outputs(model, batch)
+        swap = self._swap_order(model, batch, chosen)
+        swapped_outputs = self._outputs(model, batch, audio_order=swap[0]) if swap else None
+        for i in chosen:
+          seen += 1
+          gt_sources = source_maps(manifest.gt, batch, i, self.size)
+          gt = np.clip(gt_sources.sum(0), 0, 1) if len(gt_sources) > 1 else gt_sources[0]
+          maps = self._maps(outputs, i)
+          group = avsbench_video(str(batch['id'][i])) if per_video else None
+          cious = {name: scores.setdefault(name, _SplitScores()).add(
+              heatmap, gt, config.threshold_protocol, self.threshold, keep_masks, group)
+                   for name, heatmap in maps.items()}
+          swapped_maps = self._maps(swapped_outputs, i) if swap and swap[1][i] else {}
+          for name, heatmap in swapped_maps.items():
+            scores.setdefault(name + SWAP_SUFFIX, _SplitScores()).add(
+                heatmap, gt, config.threshold_protocol, self.threshold, False)
+            correlations.setdefault(name, []).append(
+                grounding.map_correlation(maps[name], heatmap))
+          for name, score_map in outputs.get('scores', {}).items() if swapped_maps else ():
+            extended.setdefault(name, []).append((
+                cious[name], multisource.object_confidence(score_map[i]),
+                multisource.object_confidence(swapped_outputs['scores'][name][i])))
+          if 'image_embedding' in outputs:
+            embeddings[0].append(outputs['image_embedding'][i])
+            embeddings[1].append(outputs['audio_embedding'][i])
+            labels.append(int(batch['label'][i]))
+          if 'object_maps' in outputs:
+            objects = np.asarray(outputs['object_maps'][i][outputs['object_valid'][i]])
+            multi.append(multisource.evaluate_sample(
+                objects, gt_sources, config.threshold_protocol, self.threshold))
+          if len(visuals) < config.num_visualize:
+            first = next(iter(maps))
+            # A copy: a view would hold the batch's shared memory until interpreter exit.
+            visuals.append((np.array(batch['image'][i]), gt, maps[first],
+                            swapped_maps[first] if swapped_maps else None))
     if not seen:
       raise ValueError(f'{directory}: no examples to evaluate')
     result = {}
