@@ -115,13 +115,7 @@ class _SplitScores:
 
 
 def _out_of_shared_memory(batch: dict) -> dict:
-  """Copies of the arrays that Grain's workers hand over in shared memory (ndarray
-  subclasses); other values as they are."""
-  copied = {}
-  for key, value in batch.items():
-    shared = isinstance(value, np.ndarray) and type(value) is not np.ndarray  # pylint: disable=unidiomatic-typecheck
-    copied[key] = np.array(value) if shared else value
-  return copied
+  return {key: sharding.out_of_shared_memory(value) for key, value in batch.items()}
 
 
 def _wait_for_shared_memory_release() -> None:
@@ -221,6 +215,7 @@ class Evaluator:
     iterator = iter(pipeline.eval_dataset(self.config, directory,
                                           batch_size=self.config.eval.batch_size))
     try:
+      # map, not a generator expression: that would keep the last shared batch bound.
       yield from map(_out_of_shared_memory, iterator)
     finally:
       iterator.close()
@@ -331,7 +326,7 @@ class Evaluator:
                 objects, gt_sources, config.threshold_protocol, self.threshold))
           if len(visuals) < config.num_visualize:
             first = next(iter(maps))
-            # A copy: a view would hold the batch's shared memory until interpreter exit.
+            # A copy: a view would keep the whole batch of images.
             visuals.append((np.array(batch['image'][i]), gt, maps[first],
                             swapped_maps[first] if swapped_maps else None))
     if not seen:

@@ -74,13 +74,18 @@ def process_slice(global_size: int) -> slice:
   return slice(start, start + per_process)
 
 
+def out_of_shared_memory(value) -> np.ndarray:
+  """`value` as a plain ndarray: arrays that Grain's worker processes hand over in shared
+  memory (ndarray subclasses) are copied out, so that nothing still referencing them
+  keeps their segments alive past the end of the run ("leaked shared_memory objects")."""
+  return value if type(value) is np.ndarray else np.array(value)  # pylint: disable=unidiomatic-typecheck
+
+
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:
   """This process's share of a batch (numpy) -> global jax.Arrays sharded on 'data'.
 
-  Arrays that Grain's worker processes hand over in shared memory (ndarray subclasses)
-  are copied out first: XLA:CPU would alias them and keep the segments alive past the
-  end of the run ("leaked shared_memory objects")."""
+  Arrays in Grain's shared memory are copied out first (`out_of_shared_memory`): XLA:CPU
+  would alias them."""
   sharding = batch_sharded(mesh)
-  return {name: jax.make_array_from_process_local_data(
-      sharding, value if type(value) is np.ndarray else np.array(value))  # pylint: disable=unidiomatic-typecheck
+  return {name: jax.make_array_from_process_local_data(sharding, out_of_shared_memory(value))
           for name, value in local_batch.items()}
