@@ -21,17 +21,15 @@ object prior alone is scored once per split as a second baseline.
 import contextlib
 import csv
 import functools
-import gc
 import io
 import json
 
-import grain
 import jax
 import numpy as np
 from etils import epath
 
 from avloc import methods, paths, preemption, sharding, visualize, weights
-from avloc.data import pipeline, tfrecord
+from avloc.data import pipeline, tfrecord, workers
 from avloc.metrics import avsbench, grounding, localization, multisource, retrieval
 from avloc.models import object_prior
 
@@ -118,17 +116,6 @@ def _out_of_shared_memory(batch: dict) -> dict:
   return {key: sharding.out_of_shared_memory(value) for key, value in batch.items()}
 
 
-def _wait_for_shared_memory_release() -> None:
-  """Returns once Grain has closed and unlinked the shared memory of the arrays dropped
-  so far. It does so on a background thread (`SharedMemoryArray`'s asynchronous
-  deletion: one thread, whose private pool we hand a no-op that runs after them; a Grain
-  without it is not waited for), which a process exiting at once would cut short,
-  leaving the segments to the resource tracker: tests/test_faults_processes.py."""
-  deletions = getattr(grain.multiprocessing.SharedMemoryArray, '_del_thread_pool', None)
-  if deletions is not None:
-    deletions.apply(int)
-
-
 class Evaluator:
   """Evaluates model variables on the configured splits (see module docstring)."""
 
@@ -208,20 +195,15 @@ class Evaluator:
     """The split's batches, copied out of the input workers' shared memory: a batch the
     evaluation still references when it is left (a local, or a traceback's frame after a
     preemption) would keep its segments until interpreter exit ("leaked shared_memory
-    objects"). When the loop ends (or is left) the input workers stop, with the batches
-    in flight, the reference cycles through which Grain's finished prefetch threads still
-    hold their last batches are collected, and their segments are released before this
-    returns (a preempted run exits right after)."""
+    objects"). When the loop ends (or is left) the input workers stop and the batches in
+    flight are freed (`workers.close`)."""
     iterator = iter(pipeline.eval_dataset(self.config, directory,
                                           batch_size=self.config.eval.batch_size))
     try:
       # map, not a generator expression: that would keep the last shared batch bound.
       yield from map(_out_of_shared_memory, iterator)
     finally:
-      iterator.close()
-      del iterator
-      gc.collect()
-      _wait_for_shared_memory_release()
+      workers.close(iterator)
 
   def _baselines(self) -> list[str]:
     return [CENTER_PRIOR] + ([OBJECT_PRIOR] if self._object_trunk is not None else [])

@@ -19,7 +19,7 @@ import optax
 from avloc import (checkpointing, config as config_lib, methods, metric_writer, preemption,
                    sharding, weights)
 from avloc.data import audio as audio_lib
-from avloc.data import pipeline, tfrecord
+from avloc.data import pipeline, tfrecord, workers
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -264,8 +264,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, split_dirs: dict[str,
   else:
     checkpointer.close()
   finally:
-    if hasattr(data_iterator, 'close'):  # stops Grain's worker processes now
-      data_iterator.close()
+    workers.close(data_iterator)  # stops the input workers and frees their batches now
     if evaluator is not None:
       evaluator.interrupt = None
     exporter.close()

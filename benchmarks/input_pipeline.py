@@ -23,7 +23,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from avloc import config as config_lib, evaluate, experiment
-from avloc.data import pipeline
+from avloc.data import pipeline, workers
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/jsa.py:synthetic', 'Config.')
 _WORKERS = flags.DEFINE_list('workers', ['0', '1', '2'], 'Grain worker process counts.')
@@ -33,35 +33,38 @@ _EVAL_WORKERS = flags.DEFINE_list('eval_workers', ['0', '2'],
 _EVAL_ROUNDS = flags.DEFINE_integer('eval_rounds', 2, 'Evaluations per count (median).')
 
 
-def pipeline_rate(config, split_dir: str, workers: int) -> tuple[float, float]:
+def pipeline_rate(config, split_dir: str, num_workers: int) -> tuple[float, float]:
   """(seconds to the first batch, samples/s over the next `batches` batches)."""
-  config.data.num_workers = workers
+  config.data.num_workers = num_workers
   batch_size = config.train.batch_size
   start = time.perf_counter()
   iterator = iter(pipeline.train_dataset(config, split_dir, seed=0, process_index=0,
                                          process_count=1, global_batch_size=batch_size))
-  next(iterator)
-  first = time.perf_counter() - start
-  start = time.perf_counter()
-  for _ in range(_BATCHES.value):
+  try:
     next(iterator)
-  return first, _BATCHES.value * batch_size / (time.perf_counter() - start)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(_BATCHES.value):
+      next(iterator)
+    return first, _BATCHES.value * batch_size / (time.perf_counter() - start)
+  finally:
+    workers.close(iterator)
 
 
 def evaluation_times(config, variables) -> dict[int, float]:
   """{eval.num_workers: median seconds of one `Evaluator.evaluate`}, rounds alternating
   between the counts so that drifts in machine speed hit each alike."""
   split_dirs = experiment.resolve_splits(config, config_lib.eval_splits(config))
-  times = {int(workers): [] for workers in _EVAL_WORKERS.value}
+  times = {int(count): [] for count in _EVAL_WORKERS.value}
   for _ in range(_EVAL_ROUNDS.value):
-    for workers in times:
-      config.eval.num_workers = workers
+    for count in times:
+      config.eval.num_workers = count
       with tempfile.TemporaryDirectory() as workdir:
         evaluator = evaluate.Evaluator(config, split_dirs, workdir, log=lambda _: None)
         start = time.perf_counter()
         evaluator.evaluate(variables, step=None, writer=None)
-        times[workers].append(time.perf_counter() - start)
-  return {workers: float(np.median(seconds)) for workers, seconds in times.items()}
+        times[count].append(time.perf_counter() - start)
+  return {count: float(np.median(seconds)) for count, seconds in times.items()}
 
 
 def main(argv):
@@ -80,9 +83,9 @@ def main(argv):
   jax.block_until_ready(metrics)
   consumed = 3 * batch_size / (time.perf_counter() - start)
   rows = [['train step', '-', '-', f'{consumed:.0f}', '1.00']]
-  for workers in map(int, _WORKERS.value):
-    first, rate = pipeline_rate(config, split_dir, workers)
-    rows.append(['pipeline', workers, f'{first:.1f}', f'{rate:.0f}', f'{rate / consumed:.2f}'])
+  for count in map(int, _WORKERS.value):
+    first, rate = pipeline_rate(config, split_dir, count)
+    rows.append(['pipeline', count, f'{first:.1f}', f'{rate:.0f}', f'{rate / consumed:.2f}'])
   common.print_table(
       f'Input pipeline vs train step, {config.method}, batch {batch_size}, image '
       f'{config.data.image.size}, audio {config.data.audio.seconds} s',
@@ -94,8 +97,8 @@ def main(argv):
         f'Evaluation of {config.eval.splits} ({config.method}), median of '
         f'{_EVAL_ROUNDS.value}; {common.load_average()}',
         ['eval workers', 'seconds', 'x first'],
-        [[workers, f'{seconds:.1f}', f'{seconds / first:.2f}']
-         for workers, seconds in times.items()])
+        [[count, f'{seconds:.1f}', f'{seconds / first:.2f}']
+         for count, seconds in times.items()])
 
 
 if __name__ == '__main__':

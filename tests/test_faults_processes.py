@@ -164,6 +164,49 @@ def test_sigterm_during_an_evaluation_with_input_workers_leaks_no_shared_memory(
     assert noise not in stderr, stderr
 
 
+# Opens and closes (`workers.close`) training and evaluation iterators with two input
+# workers, on a machine whose deletion of shared memory lags: Grain closes and unlinks the
+# segments of dropped batches on a background thread, slowed here (as on a loaded
+# machine) so that a process exiting without waiting for it would leak them.
+_OPEN_AND_CLOSE_INPUTS = """
+import sys, time
+from absl import flags
+import grain
+shared_array = grain.multiprocessing.SharedMemoryArray
+release = shared_array.close_shm_async
+shared_array.close_shm_async = classmethod(lambda cls, *args: (time.sleep(0.05), release(*args)))
+from avloc.data import pipeline, workers
+from tests import linear_method
+flags.FLAGS(sys.argv[:1])
+config = linear_method.get_config()
+config.data.num_workers = config.eval.num_workers = 2
+def open_and_close(dataset):
+  iterator = iter(dataset)
+  for _ in range(3):
+    next(iterator)
+  workers.close(iterator)
+for _ in range(2):
+  open_and_close(pipeline.eval_dataset(config, sys.argv[2], batch_size=4))
+  open_and_close(pipeline.train_dataset(config, sys.argv[1], seed=0, process_index=0,
+                                        process_count=1, global_batch_size=4))
+"""
+
+
+def test_closed_input_iterators_leave_no_shared_memory_behind(tmp_path):
+  """The workers' batches in flight are unlinked by the time `workers.close` returns:
+  none is left to multiprocessing's resource tracker at exit, also when Grain's deletion
+  thread lags, and no worker has to be killed (a worker whose last batch was stuck in
+  its pipe was killed by Grain after 25 s, leaking that batch)."""
+  train = splits.write_split(tmp_path / 'train', num_examples=48, image_size=40,
+                             audio_seconds=0.5)
+  test = splits.write_split(tmp_path / 'test', num_examples=48, image_size=40,
+                            audio_seconds=0.5, gt=tfrecord.GT_BOXES)
+  status, _, stderr = _Process([sys.executable, '-c', _OPEN_AND_CLOSE_INPUTS, train, test]
+                               ).finish()
+  assert status == 0, stderr
+  assert not stderr, stderr
+
+
 # avloc.main with the disk full when step 4 is saved (Orbax writes the config in the
 # background, after the arrays).
 _FULL_DISK_AT_STEP_4 = """

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from avloc.data import pipeline, tfrecord
+from avloc.data import workers as data_workers
 from configs import jsa as jsa_config
 from configs import noprior as noprior_config
 from tests import splits
@@ -151,9 +152,24 @@ def test_train_batches_are_the_same_with_worker_processes(split_dir):
     config.data.num_workers = workers
     iterator = iter(_train(config, split_dir, batch=3))
     batches[workers] = [next(iterator) for _ in range(5)]  # crosses an epoch boundary
+    data_workers.close(iterator)
   for want, got in zip(batches[0], batches[2]):
     np.testing.assert_array_equal(got['image'], want['image'])
     np.testing.assert_array_equal(got['spectrogram'], want['spectrogram'])
+
+
+@pytest.mark.parametrize('spec_augment', [False, True])
+def test_every_batch_array_is_c_contiguous(split_dir, spec_augment):
+  """Grain's input workers hand only C-contiguous arrays over in shared memory; any other
+  is pickled through a pipe (the log spectrograms were: 1.3-1.5x fewer samples/s with two
+  workers, and a worker stopped with one in its pipe hung until Grain killed it, leaking
+  the batch's shared memory)."""
+  config = _config(spec_augment=spec_augment)
+  batches = {'train': next(iter(_train(config, split_dir))),
+             'eval': next(iter(pipeline.eval_dataset(config, split_dir, batch_size=4)))}
+  for name, batch in batches.items():
+    for key, value in batch.items():
+      assert value.flags.c_contiguous and not value.dtype.hasobject, (name, key)
 
 
 def test_a_corrupt_record_names_the_shard_and_record(split_dir, tmp_path):

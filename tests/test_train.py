@@ -238,6 +238,9 @@ class _FaultyIterator:
   def start_prefetch(self):
     self.iterator.start_prefetch()
 
+  def close(self):
+    self.iterator.close()
+
 
 def _losses(workdir):
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:

@@ -81,12 +81,14 @@ def hann_window(win_length: int, n_fft: int) -> np.ndarray:
 
 def log_spectrogram(waveform: np.ndarray, audio: ml_collections.ConfigDict) -> np.ndarray:
   """[N] float waveform -> [n_fft // 2 + 1, 1 + N // hop] float32 log power spectrogram,
-  log(|STFT|^2 + log_offset) / log_divisor."""
+  log(|STFT|^2 + log_offset) / log_divisor, in C order: Grain's input workers hand only
+  C-contiguous arrays over in shared memory (others are pickled through a pipe)."""
   n_fft, hop = audio.n_fft, audio.hop_length
   padded = np.pad(np.asarray(waveform, np.float64), n_fft // 2, mode='reflect')
   frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop]
   power = np.abs(np.fft.rfft(frames * hann_window(audio.win_length, n_fft), axis=-1)) ** 2
-  return (np.log(power.T + audio.log_offset) / audio.log_divisor).astype(np.float32)
+  log_power = np.log(power.T + audio.log_offset) / audio.log_divisor
+  return log_power.astype(np.float32, order='C')
 
 
 def spec_augment(spectrogram: np.ndarray, rng: np.random.Generator,
