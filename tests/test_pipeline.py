@@ -158,13 +158,16 @@ def test_train_batches_are_the_same_with_worker_processes(split_dir):
     np.testing.assert_array_equal(got['spectrogram'], want['spectrogram'])
 
 
-@pytest.mark.parametrize('spec_augment', [False, True])
-def test_every_batch_array_is_c_contiguous(split_dir, spec_augment):
+@pytest.mark.parametrize('method,spec_augment,num_sources', [
+    (jsa_config, False, None), (jsa_config, True, None), (noprior_config, False, 2)])
+def test_every_batch_array_is_c_contiguous(split_dir, method, spec_augment, num_sources):
   """Grain's input workers hand only C-contiguous arrays over in shared memory; any other
   is pickled through a pipe (the log spectrograms were: 1.3-1.5x fewer samples/s with two
   workers, and a worker stopped with one in its pipe hung until Grain killed it, leaking
-  the batch's shared memory)."""
-  config = _config(spec_augment=spec_augment)
+  the batch's shared memory). With SpecAugment, and NoPrior's two-source mixtures."""
+  config = _config(method, spec_augment=spec_augment)
+  if num_sources:
+    config.data.mixture.num_sources = num_sources
   batches = {'train': next(iter(_train(config, split_dir))),
              'eval': next(iter(pipeline.eval_dataset(config, split_dir, batch_size=4)))}
   for name, batch in batches.items():
