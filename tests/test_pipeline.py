@@ -5,8 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from avloc.data import pipeline, tfrecord
-from avloc.data import workers as data_workers
+from avloc.data import pipeline, tfrecord, workers
 from configs import jsa as jsa_config
 from configs import noprior as noprior_config
 from tests import splits
@@ -134,9 +133,9 @@ def test_eval_batches_are_the_same_with_worker_processes(split_dir):
   (paired within a batch) do not depend on it."""
   config = _config()
   batches = {}
-  for workers in (0, 2):
-    config.eval.num_workers = workers
-    batches[workers] = list(pipeline.eval_dataset(config, split_dir, batch_size=10))
+  for count in (0, 2):
+    config.eval.num_workers = count
+    batches[count] = list(pipeline.eval_dataset(config, split_dir, batch_size=10))
   assert [list(b['index']) for b in batches[2]] == [list(b['index']) for b in batches[0]]
   assert list(batches[0][1]['index']) == list(range(10, 20))
   np.testing.assert_array_equal(batches[2][2]['spectrogram'], batches[0][2]['spectrogram'])
@@ -148,11 +147,11 @@ def test_train_batches_are_the_same_with_worker_processes(split_dir):
   config = _config(noprior_config)  # mixtures: consecutive records per input as well
   config.data.mixture.num_sources = 2
   batches = {}
-  for workers in (0, 2):
-    config.data.num_workers = workers
+  for count in (0, 2):
+    config.data.num_workers = count
     iterator = iter(_train(config, split_dir, batch=3))
-    batches[workers] = [next(iterator) for _ in range(5)]  # crosses an epoch boundary
-    data_workers.close(iterator)
+    batches[count] = [next(iterator) for _ in range(5)]  # crosses an epoch boundary
+    workers.close(iterator)
   for want, got in zip(batches[0], batches[2]):
     np.testing.assert_array_equal(got['image'], want['image'])
     np.testing.assert_array_equal(got['spectrogram'], want['spectrogram'])
