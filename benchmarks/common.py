@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import app
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
@@ -249,6 +250,42 @@ def machine() -> str:
   device = jax.devices()[0]
   return (f'{platform.node() or "host"}: {os.cpu_count()} CPU cores ({cpu_model()}), '
           f'{jax.device_count()} x {device.device_kind} ({device.platform}), jax {jax.__version__}')
+
+
+def parse_seeds(values: list[str], flag: str = 'seeds') -> list[int]:
+  """The integers of a --seeds list flag, each once (UsageError naming `flag` if not)."""
+  try:
+    seeds = [int(value) for value in values]
+  except ValueError as e:
+    raise app.UsageError(f'--{flag}: integers, comma-separated; got {values}') from e
+  if len(set(seeds)) != len(seeds):
+    raise app.UsageError(f'--{flag}: each seed once; got {values}')
+  return seeds
+
+
+def over_seeds(values, digits: int = 1) -> str:
+  """One table cell for a metric (a fraction) measured once per seed, in percent: the
+  value of a single run, or 'mean (min-max)' over several; '-' where no run has it
+  (None)."""
+  present = [100 * v for v in values if v is not None]
+  if not present:
+    return '-'
+  if len(present) == 1:
+    return f'{present[0]:.{digits}f}'
+  return (f'{statistics.fmean(present):.{digits}f} '
+          f'({min(present):.{digits}f}-{max(present):.{digits}f})')
+
+
+def against_reference(values, reference, digits: int = 1) -> str:
+  """One table cell comparing runs with reference runs of the same seeds (fractions, in
+  the same seed order): the mean of the differences in percentage points and on how many
+  seeds the run is below its reference, e.g. '-12.3 (below at 3 of 3)'."""
+  if len(values) != len(reference):
+    raise ValueError(f'{len(values)} values against {len(reference)} reference values: '
+                     'they pair by seed')
+  differences = [100 * (v - r) for v, r in zip(values, reference)]
+  below = sum(d < 0 for d in differences)
+  return f'{statistics.fmean(differences):+.{digits}f} (below at {below} of {len(differences)})'
 
 
 def print_table(title: str, header: list[str], rows: list[list]) -> None:

@@ -1,4 +1,5 @@
-"""benchmarks/common.py's machine description: the CPU line every table carries."""
+"""benchmarks/common.py: the machine description every table carries, and the cells of the
+multi-seed tables."""
 
 import importlib.util
 import os
@@ -32,3 +33,32 @@ def test_cpu_model_names_the_widest_vector_isa(common, tmp_path, flags, expected
 
 def test_cpu_model_without_proc_cpuinfo(common, tmp_path):
   assert common.cpu_model(str(tmp_path / 'missing')) == (platform.processor() or 'unknown CPU')
+
+
+def test_over_seeds_is_the_value_of_one_run_or_mean_and_range_of_several(common):
+  assert common.over_seeds([0.1234]) == '12.3'
+  assert common.over_seeds([0.10, 0.40, 0.25]) == '25.0 (10.0-40.0)'
+  assert common.over_seeds([0.1, 0.2], digits=2) == '15.00 (10.00-20.00)'
+  assert common.over_seeds([None, None]) == '-'  # a score the method does not have
+
+
+def test_against_reference_pairs_the_runs_by_seed(common):
+  # seed by seed: -30, +10, -20 percentage points
+  assert common.against_reference([0.1, 0.5, 0.2], [0.4, 0.4, 0.4]) == '-13.3 (below at 2 of 3)'
+  assert common.against_reference([0.5], [0.5]) == '+0.0 (below at 0 of 1)'
+  with pytest.raises(ValueError, match='pair by seed'):
+    common.against_reference([0.1, 0.2], [0.3])
+
+
+@pytest.mark.parametrize('values,message', [
+    (['0', 'one'], 'integers'),
+    (['1', '2', '1'], 'each seed once'),
+])
+def test_parse_seeds_names_the_flag(common, values, message):
+  with pytest.raises(common.app.UsageError, match=f'--seeds: {message}'):
+    common.parse_seeds(values)
+
+
+def test_parse_seeds(common):
+  assert common.parse_seeds(['2', '0', '-1']) == [2, 0, -1]
+  assert not common.parse_seeds([])
