@@ -29,7 +29,7 @@ import numpy as np
 from etils import epath
 
 from avloc import methods, paths, preemption, sharding, visualize, weights
-from avloc.data import pipeline, tfrecord, workers
+from avloc.data import pipeline, tfrecord
 from avloc.metrics import avsbench, grounding, localization, multisource, retrieval
 from avloc.models import object_prior
 
@@ -112,10 +112,6 @@ class _SplitScores:
     return scores
 
 
-def _out_of_shared_memory(batch: dict) -> dict:
-  return {key: sharding.out_of_shared_memory(value) for key, value in batch.items()}
-
-
 class Evaluator:
   """Evaluates model variables on the configured splits (see module docstring)."""
 
@@ -191,20 +187,6 @@ class Evaluator:
         self.row_steps[split] = [s for s in steps if s != step]
     return complete
 
-  def _batches(self, directory):
-    """The split's batches, copied out of the input workers' shared memory: a batch the
-    evaluation still references when it is left (a local, or a traceback's frame after a
-    preemption) would keep its segments until interpreter exit ("leaked shared_memory
-    objects"). When the loop ends (or is left) the input workers stop and the batches in
-    flight are freed (`workers.close`)."""
-    iterator = iter(pipeline.eval_dataset(self.config, directory,
-                                          batch_size=self.config.eval.batch_size))
-    try:
-      # map, not a generator expression: that would keep the last shared batch bound.
-      yield from map(_out_of_shared_memory, iterator)
-    finally:
-      workers.close(iterator)
-
   def _baselines(self) -> list[str]:
     return [CENTER_PRIOR] + ([OBJECT_PRIOR] if self._object_trunk is not None else [])
 
@@ -267,7 +249,8 @@ class Evaluator:
     seen = 0
     # Closed as soon as the loop is left, also by an exception (a preemption): the
     # input workers' batches in flight are freed then, not at interpreter exit.
-    with contextlib.closing(self._batches(directory)) as batches:
+    with contextlib.closing(pipeline.eval_batches(self.config, directory,
+                                                  config.batch_size)) as batches:
       for batch in batches:
         if self.interrupt is not None and self.interrupt():
           raise preemption.Preempted(f'evaluation of {split} stopped at example {seen}')

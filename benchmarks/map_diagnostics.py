@@ -130,7 +130,7 @@ def main(argv):
       print(f'{name}: no ground truth, skipped')
       continue
     scores, counting, seen = MapScores(), CountScores(), 0
-    for batch in pipeline.eval_dataset(config, split_dirs[name], config.eval.batch_size):
+    for batch in pipeline.eval_batches(config, split_dirs[name], config.eval.batch_size):
       outputs = localizer.localize_inputs(batch['image'], batch['spectrogram'])
       heatmaps = next(iter(outputs['heatmaps'].values()))
       internals = (jax.device_get(identify(localizer.variables, batch['image'],

@@ -259,17 +259,20 @@ def test_several_processes_decide_at_the_preemption_sync_point(monkeypatch):
 # eval_<split>.json in the preemption test, the end of a resumed run with Grain workers in
 # tests/test_faults_processes.py. -----------------------------------------------------------
 
-def test_an_evaluation_with_input_workers_leaves_no_shared_memory_behind(data, tmp_path):
+@pytest.mark.parametrize('batches_read', [1, None])  # None: all (the split has 3)
+def test_an_evaluation_with_input_workers_leaves_no_shared_memory_behind(data, batches_read):
   config = _config(data)
   config.eval.update(num_workers=1, splits='toy_test')
-  evaluator = evaluate.Evaluator(config, {'toy_test': str(data / 'toy_test')},
-                                 str(tmp_path / 'run'), log=lambda _: None)
-  for batch in evaluator._batches(str(data / 'toy_test')):  # what every split's loop reads  # pylint: disable=protected-access
+  # What the evaluation and benchmarks/map_diagnostics.py read, left early or not.
+  for count, batch in enumerate(pipeline.eval_batches(config, str(data / 'toy_test'),
+                                                      batch_size=4), start=1):
     # Copied out of the worker's shared memory: a batch still referenced (a local, a
     # preempted run's traceback) would keep its segment until the run ends.
     assert type(batch['image']) is np.ndarray  # pylint: disable=unidiomatic-typecheck
+    if count == batches_read:
+      break
   del batch
-  # Nor do Grain's finished prefetch threads (reference cycles) hold any.
+  # Nor do the batches in flight, nor Grain's finished prefetch threads (reference cycles).
   assert not [o for o in gc.get_objects() if type(o) is shared_memory_array.SharedMemoryArray]
 
 

@@ -20,6 +20,7 @@ marked by `valid`.
 import functools
 import os
 import threading
+from collections.abc import Iterator
 
 import grain
 import ml_collections
@@ -27,6 +28,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
+from avloc import sharding
 from avloc.data import audio as audio_lib
 from avloc.data import image as image_lib
 from avloc.data import tfrecord, workers
@@ -281,3 +283,23 @@ def eval_dataset(config: ml_collections.ConfigDict, split_dir: str,
   dataset = (grain.MapDataset.range(len(source)).batch(batch_size, batch_fn=list)
              .map(decode_batch).to_iter_dataset().filter(lambda batch: batch is not None))
   return _prefetch(dataset, config, config.eval.num_workers)
+
+
+def eval_batches(config: ml_collections.ConfigDict, split_dir: str,
+                 batch_size: int) -> Iterator[dict]:
+  """`eval_dataset`'s batches as plain ndarrays, copied out of the input workers' shared
+  memory: a batch still referenced when the loop is left (a local, a preempted run's
+  traceback) would otherwise keep its segments until interpreter exit ("leaked
+  shared_memory objects"). When the generator is closed (the loop ends or is left, also
+  by an exception, under `contextlib.closing`) the workers stop and the batches in
+  flight are freed (`workers.close`)."""
+  iterator = iter(eval_dataset(config, split_dir, batch_size))
+  try:
+    # map, not a generator expression: that would keep the last shared batch bound.
+    yield from map(_copied_out, iterator)
+  finally:
+    workers.close(iterator)
+
+
+def _copied_out(batch: dict) -> dict:
+  return {key: sharding.out_of_shared_memory(value) for key, value in batch.items()}
