@@ -30,7 +30,8 @@ from ml_collections import config_flags
 from avloc import config as config_lib, experiment
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/jsa.py:synthetic', 'Config.')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Runs go to <workdir>/<variant>/seed<seed>.', required=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Runs go to <workdir>/<variant>/seed<seed>.',
+                               required=True)
 # Variant -> the `config.loss` switch it turns off (None: the full method).
 VARIANTS = {
     'full': None,
