@@ -263,6 +263,13 @@ def parse_seeds(values: list[str], flag: str = 'seeds') -> list[int]:
   return seeds
 
 
+def seeds_caption(seeds: list[int]) -> str:
+  """What a table's cells are over `seeds` (none given: each config's own seed)."""
+  if not seeds:
+    return "each config's seed"
+  return f'seed {seeds[0]}' if len(seeds) == 1 else f'mean (min-max) over seeds {seeds}'
+
+
 def over_seeds(values, digits: int = 1) -> str:
   """One table cell for a metric (a fraction) measured once per seed, in percent: the
   value of a single run, or 'mean (min-max)' over several; '-' where no run has it

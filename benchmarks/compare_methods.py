@@ -129,10 +129,9 @@ def main(argv):
   finally:
     if not _WORKDIR.value:
       shutil.rmtree(root, ignore_errors=True)
-  seeds_text = ("each config's seed" if not seeds else f'seed {seeds[0]}' if len(seeds) == 1
-                else f'mean (min-max) over seeds {seeds}')
   common.print_table(
-      f'{TEST_SPLIT}: the same data and budget for every method (percent; {seeds_text})',
+      f'{TEST_SPLIT}: the same data and budget for every method (percent; '
+      f'{common.seeds_caption(seeds)})',
       ['method [map]', 'binarize', 'steps'] + [column for column, _ in _SCORES]
       + ['wall s', 'steps/s', 'params'], rows)
 

@@ -92,8 +92,8 @@ def main(argv):
   header = ['variant'] + [f'{split.removeprefix("synthetic_")} {map_name} {metric}'
                           for split in splits for map_name in _MAPS
                           for metric in _METRICS] + ['minutes']
-  seeds_text = f'seed {seeds[0]}' if len(seeds) == 1 else f'mean (min-max) over seeds {seeds}'
-  common.print_table(f'JSA Table 5 ablations (percent; {seeds_text})', header, rows)
+  common.print_table(f'JSA Table 5 ablations (percent; {common.seeds_caption(seeds)})',
+                     header, rows)
   others = [name for name in runs if name != 'full']
   if 'full' in runs and others:
     keys = [f'{split}/iqr/{metric}' for split in splits for metric in ('ap50', 'ciou')]

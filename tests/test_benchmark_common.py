@@ -59,6 +59,12 @@ def test_parse_seeds_names_the_flag(common, values, message):
     common.parse_seeds(values)
 
 
+def test_seeds_caption(common):
+  assert common.seeds_caption([]) == "each config's seed"
+  assert common.seeds_caption([3]) == 'seed 3'
+  assert common.seeds_caption([0, 1, 2]) == 'mean (min-max) over seeds [0, 1, 2]'
+
+
 def test_parse_seeds(common):
   assert common.parse_seeds(['2', '0', '-1']) == [2, 0, -1]
   assert not common.parse_seeds([])
