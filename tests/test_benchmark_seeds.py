@@ -1,0 +1,69 @@
+"""benchmarks/jsa_ablation.py over several seeds, with training and evaluation stubbed out:
+which configs it trains where, and the cells of its two tables. In a subprocess: the
+script defines absl flags that other modules define too."""
+
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# experiment.run replaced by a stub that records each call and scores a variant's IQR
+# AP50 on every split as below (fractions); the other metrics 0.5.
+_SCRIPT = '''
+import json, runpy, sys
+sys.path.insert(0, 'benchmarks')
+from avloc import config as config_lib, experiment
+AP50 = {'full': [0.2, 0.4, 0.6], 'no_div': [0.3, 0.3, 0.3]}
+calls = []
+
+def run(config, workdir, mode, log, checkpoint=''):
+  variant = 'full' if config.loss.use_div else 'no_div'
+  calls.append([mode, workdir, config.train.seed, variant, config.loss.use_match])
+  if mode == 'train':
+    return {}
+  return {f'{split}/{map_name}/{metric}':
+          AP50[variant][config.train.seed] if (map_name, metric) == ('iqr', 'ap50') else 0.5
+          for split in config_lib.eval_splits(config) for map_name in ('iqr', 'ca')
+          for metric in ('ap50', 'auc', 'ciou')}
+
+experiment.run = run
+sys.argv = ['jsa_ablation.py', '--workdir=' + sys.argv[1], '--variants=full,no_div',
+            '--seeds=0,1,2']
+try:
+  runpy.run_path('benchmarks/jsa_ablation.py', run_name='__main__')
+finally:
+  print('CALLS ' + json.dumps(calls))
+'''
+
+
+def test_every_variant_trains_once_per_seed_and_is_paired_with_the_full_run_by_seed(tmp_path):
+  result = subprocess.run([sys.executable, '-c', _SCRIPT, str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = result.stdout.splitlines()
+  calls = json.loads(next(line for line in lines if line.startswith('CALLS '))[6:])
+  trained = [(os.path.relpath(workdir, tmp_path), seed, variant, use_match)
+             for mode, workdir, seed, variant, use_match in calls if mode == 'train']
+  assert trained == [(os.path.join(variant, f'seed{seed}'), seed, variant, True)
+                     for variant in ('full', 'no_div') for seed in (0, 1, 2)]
+  assert [call[:3] for call in calls if call[0] == 'eval'] == [
+      ['eval', os.path.join(str(tmp_path), variant, f'seed{seed}'), seed]
+      for variant in ('full', 'no_div') for seed in (0, 1, 2)]
+
+  def row(title, variant):
+    start = next(i for i, line in enumerate(lines) if line.startswith(title))
+    header = [cell.strip() for cell in lines[start + 1].split('|')]
+    cells = next([cell.strip() for cell in line.split('|')] for line in lines[start + 3:]
+                 if line.split('|')[0].strip() == variant)
+    return dict(zip(header, cells))
+
+  table = 'JSA Table 5 ablations (percent; mean (min-max) over seeds [0, 1, 2])'
+  assert row(table, 'full')['alone iqr ap50'] == '40.0 (20.0-60.0)'
+  assert row(table, 'no_div')['test iqr ap50'] == '30.0 (30.0-30.0)'
+  assert row(table, 'full')['alone ca ciou'] == '50.0 (50.0-50.0)'
+  # no_div - full, seed by seed: +10, -10, -30 points.
+  paired = row('Each ablation against the full method, paired by seed', 'no_div')
+  assert paired['alone iqr ap50'] == paired['test iqr ap50'] == '-10.0 (below at 2 of 3)'
+  assert paired['alone iqr ciou'] == '+0.0 (below at 0 of 3)'
