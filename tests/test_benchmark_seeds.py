@@ -1,6 +1,6 @@
-"""benchmarks/jsa_ablation.py over several seeds, with training and evaluation stubbed out:
-which configs it trains where, and the cells of its two tables. In a subprocess: the
-script defines absl flags that other modules define too."""
+"""benchmarks/jsa_ablation.py and compare_methods.py over several seeds, with training and
+evaluation stubbed out: which configs they train where, and the cells of their tables.
+In subprocesses: the scripts define absl flags that other modules define too."""
 
 import json
 import os
@@ -67,3 +67,60 @@ def test_every_variant_trains_once_per_seed_and_is_paired_with_the_full_run_by_s
   paired = row('Each ablation against the full method, paired by seed', 'no_div')
   assert paired['alone iqr ap50'] == paired['test iqr ap50'] == '-10.0 (below at 2 of 3)'
   assert paired['alone iqr ciou'] == '+0.0 (below at 0 of 3)'
+
+
+# compare_methods.run replaced by a stub that records its calls and returns one run's values.
+_COMPARE = '''
+import importlib.util, json, sys
+sys.path.insert(0, 'benchmarks')
+from absl import flags
+spec = importlib.util.spec_from_file_location('compare_methods', 'benchmarks/compare_methods.py')
+compare = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(compare)
+calls = []
+
+def run(name, workdir, seed):
+  calls.append([name, workdir, seed])
+  return {'method [map]': f'{name} [av]', 'binarize': 'minmax', 'steps': 5,
+          'AP50': 0.1 * (seed + 1), 'AUC': 0.5, 'cIoU': 0.5, 'swapped cIoU': 0.25,
+          'corr': 0.9, 'a2i R@1': None, 'i2a R@1': None, 'wall s': 10.0 * (seed + 1),
+          'steps/s': float('nan') if seed == 2 else 1.0 + seed, 'params': 1234}
+
+compare.run = run
+flags.FLAGS(['compare_methods.py', '--methods=ezvsl,lvs', '--workdir=' + sys.argv[1]]
+            + sys.argv[2:])
+compare.main(None)
+print('CALLS ' + json.dumps(calls))
+'''
+
+
+def _compare(tmp_path, *flags):
+  result = subprocess.run([sys.executable, '-c', _COMPARE, str(tmp_path), *flags], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = result.stdout.splitlines()
+  calls = json.loads(next(line for line in lines if line.startswith('CALLS '))[6:])
+  start = next(i for i, line in enumerate(lines) if line.startswith('synthetic_test:'))
+  header = [cell.strip() for cell in lines[start + 1].split('|')]
+  rows = {cells[0]: dict(zip(header, cells)) for cells in (
+      [cell.strip() for cell in line.split('|')] for line in lines[start + 3:start + 5])}
+  return calls, lines[start], rows
+
+
+def test_compare_methods_trains_each_method_once_per_seed_and_averages(tmp_path):
+  calls, title, rows = _compare(tmp_path, '--seeds=0,1,2')
+  assert calls == [[name, os.path.join(str(tmp_path), name, f'seed{seed}'), seed]
+                   for name in ('ezvsl', 'lvs') for seed in (0, 1, 2)]
+  assert title.endswith('(percent; mean (min-max) over seeds [0, 1, 2])')
+  row = rows['ezvsl [av]']
+  assert row['AP50'] == '20.00 (10.00-30.00)' and row['cIoU'] == '50.00 (50.00-50.00)'
+  assert row['a2i R@1'] == '-'
+  assert row['wall s'] == '20' and row['steps/s'] == '1.50'  # seed 2 logged once: left out
+
+
+def test_compare_methods_without_seeds_runs_each_config_s_own(tmp_path):
+  calls, title, rows = _compare(tmp_path / 'run')
+  assert calls == [[name, os.path.join(str(tmp_path / 'run'), name, 'seed0'), 0]
+                   for name in ('ezvsl', 'lvs')]  # both configs' train.seed is 0
+  assert title.endswith("(percent; each config's seed)")
+  assert rows['lvs [av]']['AP50'] == '10.00'
