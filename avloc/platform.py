@@ -12,9 +12,17 @@ XLA:CPU also allocates each step's buffers afresh (hundreds of MB to GBs for the
 models, above glibc's 32 MB ceiling for reusing freed blocks), so glibc maps them anew
 and the kernel zero-fills every page: ~280k page faults and ~12% of the CPU time of a
 paper-size JSA step. On Linux with glibc, avloc therefore makes the allocator keep freed
-memory (`keep_freed_memory`: one arena, no mmap, no trimming; the process then holds on
-to its peak memory, which a training step reaches every step anyway).
-AVLOC_KEEP_FREED_MEMORY=0 in the environment leaves glibc's defaults.
+memory (`keep_freed_memory`: no mmap, no trimming; the process then holds on to its peak
+memory, which a training step reaches every step anyway), and has jax run a step on the
+thread that calls it (`jax_cpu_enable_async_dispatch` off) instead of a thread of its
+own: glibc gives every thread an arena of its own, and only the main thread's grows to
+any size without new mappings (another thread's allocation beyond 64 MB is mapped anew
+whatever M_MMAP_MAX says), so the step's buffers must be allocated on the main thread.
+Threads keep their own arenas: with one for all, the XLA thread pool's ~41k scratch
+allocations per paper-size step (oneDNN's sgemm under XLA's convolutions, 74 KB each)
+wait on its lock and search its fragmented heap, 9-13% of the step's CPU time on an
+AVX-512 CPU. AVLOC_KEEP_FREED_MEMORY=0 in the environment leaves glibc's defaults and
+jax's asynchronous dispatch; JAX_CPU_ENABLE_ASYNC_DISPATCH, if set, decides the latter.
 
 Both have to happen before jax starts its backends (threads and flags), so `configure()`
 runs when avloc is imported and decides the platform from what it can see then: the
@@ -76,13 +84,15 @@ def _backends_started() -> bool:
 
 
 # glibc mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_ASYNC_DISPATCH = 'jax_cpu_enable_async_dispatch'
 _kept_freed_memory = False
+_dispatches_synchronously = False
 
 
 def keep_freed_memory() -> bool:
-  """glibc only: every thread allocates from the main heap (one arena), never from fresh
-  mappings (no mmap), and freed memory is never returned to the system (no trimming), so
+  """glibc only: allocations never come from fresh mappings where the arena can grow
+  instead (no mmap), and freed memory is never returned to the system (no trimming), so
   that large buffers are reused without page faults. True if glibc accepted it."""
   global _kept_freed_memory
   if not sys.platform.startswith('linux'):
@@ -93,7 +103,7 @@ def keep_freed_memory() -> bool:
   except (OSError, AttributeError):
     return False
   _kept_freed_memory = all(libc.mallopt(parameter, value) == 1 for parameter, value in (
-      (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))  # -1: never trim
+      (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))  # -1: never trim
   return _kept_freed_memory
 
 
@@ -105,13 +115,17 @@ def with_cpu_flags(flags: str) -> str:
 
 
 def configure(environ=os.environ) -> None:
-  """On a CPU machine, before jax starts: appends CPU_XLA_FLAGS to XLA_FLAGS and makes
-  glibc keep freed memory (see above)."""
+  """On a CPU machine, before jax starts: appends CPU_XLA_FLAGS to XLA_FLAGS, makes
+  glibc keep freed memory and jax run steps on the calling thread (see above)."""
   if _backends_started() or not cpu_is_default():
     return
   environ['XLA_FLAGS'] = with_cpu_flags(environ.get('XLA_FLAGS', ''))
-  if environ.get('AVLOC_KEEP_FREED_MEMORY', '1') != '0':
-    keep_freed_memory()
+  if (environ.get('AVLOC_KEEP_FREED_MEMORY', '1') != '0' and keep_freed_memory()
+      and _ASYNC_DISPATCH.upper() not in environ):
+    import jax  # pylint: disable=g-import-not-at-top  (importing it starts no backend)
+    global _dispatches_synchronously
+    jax.config.update(_ASYNC_DISPATCH, False)
+    _dispatches_synchronously = True
 
 
 def describe() -> str:
@@ -125,4 +139,6 @@ def describe() -> str:
     described = ['XLA default fusions']
   if _kept_freed_memory:
     described.append('glibc keeps freed memory')
+  if _dispatches_synchronously:
+    described.append('steps run on the calling thread')
   return ', '.join(described)
