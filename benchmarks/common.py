@@ -206,8 +206,7 @@ def cpu_speedups_off(config, setup: TrainSetup) -> dict[str, Callable[[], None]]
   """The train step of `setup` with avloc's in-process CPU speed-ups switched off, each
   alone and both: XLA:CPU's default XNNPACK convolutions (a per-compile option) and
   XLA's own max-pool gradient. Names -> `TrainStepCall`s on copies of the state.
-  (glibc's keep-freed-memory is process-wide: compare a run with
-  AVLOC_KEEP_FREED_MEMORY=0.)"""
+  (The process-wide settings, glibc's and jax's dispatch: benchmarks/process_settings.py.)"""
   from avloc import train  # pylint: disable=g-import-not-at-top
   method = methods.get_method(config.method)
   model = method.build_model(config)
