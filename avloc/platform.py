@@ -24,14 +24,14 @@ wait on its lock and search its fragmented heap, 9-13% of the step's CPU time on
 AVX-512 CPU. AVLOC_KEEP_FREED_MEMORY=0 in the environment leaves glibc's defaults and
 jax's asynchronous dispatch; JAX_CPU_ENABLE_ASYNC_DISPATCH, if set, decides the latter.
 
-Both have to happen before jax starts its backends (threads and flags), so `configure()`
-runs when avloc is imported and decides the platform from what it can see then: the
-first of JAX_PLATFORMS (environment or jax.config) if set, else the CPU unless a GPU or
-TPU plugin of jax is installed. It appends to XLA_FLAGS (never replaces it), does
+All three have to happen before jax starts its backends (threads, flags, dispatch), so
+`configure()` runs when avloc is imported and decides the platform from what it can see
+then: the first of JAX_PLATFORMS (environment or jax.config) if set, else the CPU unless
+a GPU or TPU plugin of jax is installed. It appends to XLA_FLAGS (never replaces it), does
 nothing on a machine that may run on a GPU or TPU, and leaves XLA_FLAGS alone when it
 already sets the same option (`--xla_cpu_experimental_ynn_fusion_type=individual_dot,
 individual_convolution,reduce` restores XLA's default). Imported after jax has started,
-avloc applies neither; `describe()` says what is in effect.
+avloc applies none of them; `describe()` says what is in effect.
 """
 
 import ctypes
@@ -117,13 +117,13 @@ def with_cpu_flags(flags: str) -> str:
 def configure(environ=os.environ) -> None:
   """On a CPU machine, before jax starts: appends CPU_XLA_FLAGS to XLA_FLAGS, makes
   glibc keep freed memory and jax run steps on the calling thread (see above)."""
+  global _dispatches_synchronously
   if _backends_started() or not cpu_is_default():
     return
   environ['XLA_FLAGS'] = with_cpu_flags(environ.get('XLA_FLAGS', ''))
   if (environ.get('AVLOC_KEEP_FREED_MEMORY', '1') != '0' and keep_freed_memory()
       and _ASYNC_DISPATCH.upper() not in environ):
     import jax  # pylint: disable=g-import-not-at-top  (importing it starts no backend)
-    global _dispatches_synchronously
     jax.config.update(_ASYNC_DISPATCH, False)
     _dispatches_synchronously = True
 

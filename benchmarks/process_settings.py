@@ -10,9 +10,9 @@ These settings hold for a whole process and must be made before jax starts, so u
 steps after `--warmup` (the first one compiling) and reports medians. A setting's gain in
 a round is its step time over the default's in the same round; the table gives the median
 gain over rounds, their range, and page faults per step.
-  glibc: one arena for all threads: M_ARENA_MAX=1 set before avloc starts (what avloc set
-    before 2026-12-03: the XLA thread pool's scratch allocations then share one lock and
-    one fragmented heap);
+  glibc: one arena for all threads: M_ARENA_MAX=1 set before avloc starts, the rest as
+    the default (avloc set it until 2026-12-03, then with asynchronous dispatch: the XLA
+    thread pool's scratch allocations share one lock and one fragmented heap);
   asynchronous dispatch: JAX_CPU_ENABLE_ASYNC_DISPATCH=true (the step's buffers are then
     allocated on a thread whose arena maps them anew);
   glibc's defaults, asynchronous dispatch: AVLOC_KEEP_FREED_MEMORY=0.
