@@ -2,12 +2,9 @@
 setting's process gets, and the cells of the table. In a subprocess: the script defines
 absl flags that other modules define too."""
 
-import json
 import os
-import subprocess
-import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.benchmark_scripts import printed_table, run_stubbed
 
 # subprocess.run replaced by a stub that records each child's command line and setting
 # and answers with step times per (setting, round) as below.
@@ -39,16 +36,11 @@ finally:
 def test_each_setting_runs_in_its_own_process_per_round_and_gains_are_paired_by_round():
   environ = {k: v for k, v in os.environ.items() if k not in (
       'AVLOC_BENCHMARK_ONE_ARENA', 'JAX_CPU_ENABLE_ASYNC_DISPATCH', 'AVLOC_KEEP_FREED_MEMORY')}
-  result = subprocess.run([sys.executable, '-c', _SCRIPT], cwd=REPO, env=environ,
-                          capture_output=True, text=True, timeout=300, check=False)
-  assert result.returncode == 0, result.stderr[-3000:]
-  lines = result.stdout.splitlines()
-  calls = json.loads(next(line for line in lines if line.startswith('CALLS '))[6:])
+  calls, lines = run_stubbed(_SCRIPT, env=environ)
   assert [setting for _, setting in calls] == ['default', 'one arena', 'async', 'glibc'] * 2
   assert all(argv == ['--rounds=2', '--batch_size=4', '--child'] for argv, _ in calls)
-  start = next(i for i, line in enumerate(lines) if line.startswith("avloc's process-wide"))
-  rows = {cells[0]: cells[1:] for cells in (
-      [cell.strip() for cell in line.split('|')] for line in lines[start + 3:start + 6])}
+  title, table = printed_table(lines, "avloc's process-wide")
+  rows = {name: list(row.values())[1:] for name, row in table.items()}
   # step s (median over rounds), default s, gain (median of per-round ratios, range),
   # CPU-time gain, page faults per step (setting / default).
   assert rows == {
@@ -58,4 +50,4 @@ def test_each_setting_runs_in_its_own_process_per_round_and_gains_are_paired_by_
       "glibc's defaults, asynchronous dispatch": ['2.000', '1.500', '1.50x (1.00-2.00)',
                                                   '1.50x', '2k / 2k'],
   }
-  assert 'default: ours' in lines[start]
+  assert 'default: ours' in title

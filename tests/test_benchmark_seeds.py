@@ -2,12 +2,9 @@
 evaluation stubbed out: which configs they train where, and the cells of their tables.
 In subprocesses: the scripts define absl flags that other modules define too."""
 
-import json
 import os
-import subprocess
-import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.benchmark_scripts import printed_table, run_stubbed
 
 # experiment.run replaced by a stub that records each call and scores a variant's IQR
 # AP50 on every split as below (fractions); the other metrics 0.5.
@@ -39,11 +36,7 @@ finally:
 
 
 def test_every_variant_trains_once_per_seed_and_is_paired_with_the_full_run_by_seed(tmp_path):
-  result = subprocess.run([sys.executable, '-c', _SCRIPT, str(tmp_path)], cwd=REPO,
-                          capture_output=True, text=True, timeout=300, check=False)
-  assert result.returncode == 0, result.stderr[-3000:]
-  lines = result.stdout.splitlines()
-  calls = json.loads(next(line for line in lines if line.startswith('CALLS '))[6:])
+  calls, lines = run_stubbed(_SCRIPT, str(tmp_path))
   trained = [(os.path.relpath(workdir, tmp_path), seed, variant, use_match)
              for mode, workdir, seed, variant, use_match in calls if mode == 'train']
   assert trained == [(os.path.join(variant, f'seed{seed}'), seed, variant, True)
@@ -53,11 +46,7 @@ def test_every_variant_trains_once_per_seed_and_is_paired_with_the_full_run_by_s
       for variant in ('full', 'no_div') for seed in (0, 1, 2)]
 
   def row(title, variant):
-    start = next(i for i, line in enumerate(lines) if line.startswith(title))
-    header = [cell.strip() for cell in lines[start + 1].split('|')]
-    cells = next([cell.strip() for cell in line.split('|')] for line in lines[start + 3:]
-                 if line.split('|')[0].strip() == variant)
-    return dict(zip(header, cells))
+    return printed_table(lines, title)[1][variant]
 
   table = 'JSA Table 5 ablations (percent; mean (min-max) over seeds [0, 1, 2])'
   assert row(table, 'full')['alone iqr ap50'] == '40.0 (20.0-60.0)'
@@ -95,16 +84,8 @@ print('CALLS ' + json.dumps(calls))
 
 
 def _compare(tmp_path, *flags):
-  result = subprocess.run([sys.executable, '-c', _COMPARE, str(tmp_path), *flags], cwd=REPO,
-                          capture_output=True, text=True, timeout=300, check=False)
-  assert result.returncode == 0, result.stderr[-3000:]
-  lines = result.stdout.splitlines()
-  calls = json.loads(next(line for line in lines if line.startswith('CALLS '))[6:])
-  start = next(i for i, line in enumerate(lines) if line.startswith('synthetic_test:'))
-  header = [cell.strip() for cell in lines[start + 1].split('|')]
-  rows = {cells[0]: dict(zip(header, cells)) for cells in (
-      [cell.strip() for cell in line.split('|')] for line in lines[start + 3:start + 5])}
-  return calls, lines[start], rows
+  calls, lines = run_stubbed(_COMPARE, str(tmp_path), *flags)
+  return (calls, *printed_table(lines, 'synthetic_test:'))
 
 
 def test_compare_methods_trains_each_method_once_per_seed_and_averages(tmp_path):
