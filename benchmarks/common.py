@@ -161,6 +161,15 @@ class TrainSetup:
   batch: dict
 
 
+def k_within_batch(config, batch_size: int):
+  """`config` with JSA's `loss.k` (its k-reciprocal neighbours are a top-k over the batch)
+  at most `batch_size`, as `vs_official.py` gives the release (reciprocal_k = min(20, B));
+  configs without `loss.k` unchanged. For benchmarks at batches below the paper's."""
+  if 'k' in config.get('loss', {}):
+    config.loss.k = min(config.loss.k, batch_size)
+  return config
+
+
 def train_setup(config, batch_size: int, devices=None, seed: int = 0, variables=None,
                 inputs=None) -> TrainSetup:
   """Train state, compiled-on-first-call step and a random batch for `config`; with

@@ -57,9 +57,8 @@ _RESULT = 'RESULT '
 
 def time_step() -> dict:
   """Medians of this process's train step: wall and CPU seconds, minor page faults."""
-  config = _CONFIG.value.copy_and_resolve_references()
-  if 'k' in config.get('loss', {}):
-    config.loss.k = min(config.loss.k, _BATCH_SIZE.value)
+  config = common.k_within_batch(_CONFIG.value.copy_and_resolve_references(),
+                                 _BATCH_SIZE.value)
   setup = common.train_setup(config, _BATCH_SIZE.value)
   timing = common.interleaved({'step': common.TrainStepCall(setup)}, _STEPS.value,
                               warmup=_WARMUP.value)['step']

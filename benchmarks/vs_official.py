@@ -258,9 +258,7 @@ class JsaRelease(Release):
 
 
 def _jsa_config(batch_size: int):
-  config = jsa_configs.get_config('vggsound_144k')
-  config.loss.k = min(config.loss.k, batch_size)
-  return config
+  return common.k_within_batch(jsa_configs.get_config('vggsound_144k'), batch_size)
 
 
 def _jsa_inputs(rng, batch_size, config):

@@ -1,5 +1,5 @@
 """benchmarks/common.py: the machine description every table carries, and the cells of the
-multi-seed tables."""
+multi-seed tables, the benchmarks' configs."""
 
 import importlib.util
 import os
@@ -68,3 +68,11 @@ def test_seeds_caption(common):
 def test_parse_seeds(common):
   assert common.parse_seeds(['2', '0', '-1']) == [2, 0, -1]
   assert not common.parse_seeds([])
+
+
+def test_k_within_batch(common):
+  from configs import jsa, noprior  # pylint: disable=g-import-not-at-top
+  assert common.k_within_batch(jsa.get_config('vggsound_144k'), 8).loss.k == 8
+  assert common.k_within_batch(jsa.get_config('vggsound_144k'), 64).loss.k == 20
+  config = noprior.get_config()
+  assert common.k_within_batch(config, 8).to_dict() == noprior.get_config().to_dict()
