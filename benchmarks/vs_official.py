@@ -29,6 +29,12 @@ does), the paper's sizes (224 px frames, 5 s of audio).
     batch 1, with 'agree' checking that the 7x7 cross-modal maps match.
 `--changes` adds a table of avloc's CPU speed-ups, each switched off in turn at the
 first batch size (their ratio to the default step is what each one gains).
+`--convolutions=B` adds a table of every convolution of the release's two encoders alone at
+batch B (layers of one shape timed once, counted as often as they occur): its forward, its
+input gradient (not for the stems, whose input is data) and its weight gradient, torch's
+`conv2d` / `convolution_backward` against XLA's convolutions as avloc's ResNet-18 lowers
+them (flax's `nn.Conv`: NHWC, HWIO, explicit padding), without bias; the total rows weigh
+each layer by its count.
 
 NoPrior (--noprior): the release's model as its train.py builds it with train_vgg.sh's
 settings (model.NoPriorVSSLModel: the default flowtype 'cnn', the tri-map, the image
@@ -49,6 +55,7 @@ _NOPRIOR_SPECTROGRAM); the release also gets a random 2-channel optical flow.
 """
 
 import contextlib
+import dataclasses
 import functools
 import importlib
 import importlib.machinery
@@ -74,6 +81,9 @@ _LOCALIZE_BATCH = flags.DEFINE_integer(
     'localize_batch', 1, "Batch of JSA's localize row (NoPrior's release evaluates batch 1 only).")
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed rounds per row (medians).')
 _CHANGES = flags.DEFINE_bool('changes', False, 'Also time each CPU speed-up switched off.')
+_CONVOLUTIONS = flags.DEFINE_integer(
+    'convolutions', 0, "Batch of a table timing each of the JSA encoders' convolutions alone "
+    '(0: no table).', lower_bound=0)
 _THREADS = flags.DEFINE_integer('torch_threads', 0, 'torch threads (0: every core).')
 _OMP_WAIT_POLICY = flags.DEFINE_enum(
     'omp_wait_policy', 'PASSIVE', ['PASSIVE', 'ACTIVE', 'default'],
@@ -300,7 +310,10 @@ def jsa_tables(release: JsaRelease):
   ours, theirs = _jsa_inputs(rng, batch_size, config)
   release_model = release.model(batch_size)
   release_model.train()
-  variables = _variables(release_model, config)
+  # On the device once, as the release's weights live in its modules: NumPy arrays would
+  # be copied in on every call, into buffers that were at times mapped anew (up to 163k
+  # page faults per call at batch 8).
+  variables = jax.device_put(_variables(release_model, config))
   model = methods.get_method('jsa').build_model(config)
   for name, field, module, x, y in (
       ('image encoder fwd+bwd', 'image_encoder', release_model.imgnet, ours['image'], theirs[0]),
@@ -332,6 +345,187 @@ def jsa_tables(release: JsaRelease):
         f'avloc\'s CPU speed-ups, each switched off (same run); {common.load_average()}',
         ['switched off', 'batch', 'step s', 'default s', 'gain', 'CPU-time gain'],
         change_rows)
+
+
+# ---------------------------------------------------------------- JSA convolutions
+
+
+@dataclasses.dataclass(frozen=True)
+class Convolution:
+  """A 2-D convolution without bias: input [B, height, width, channels] -> `features`
+  channels, square `kernel`, `stride` and zero `padding` on every side; whether its
+  input gradient is wanted (not for a network's first layer, whose input is data)."""
+  height: int
+  width: int
+  channels: int
+  features: int
+  kernel: int
+  stride: int
+  padding: int
+  input_gradient: bool
+
+  @property
+  def output_size(self) -> tuple[int, int]:
+    """Output height and width."""
+    return tuple((size + 2 * self.padding - self.kernel) // self.stride + 1
+                 for size in (self.height, self.width))
+
+  def flops(self, batch: int) -> float:
+    """Multiply-adds x 2 of the forward pass (each gradient costs the same)."""
+    out_h, out_w = self.output_size
+    return 2.0 * batch * out_h * out_w * self.features * self.channels * self.kernel ** 2
+
+
+def group_convolutions(layers):
+  """[(name, Convolution)] -> [(names, Convolution)]: layers of equal Convolution
+  together, in the order each first occurs."""
+  groups = {}
+  for name, convolution in layers:
+    groups.setdefault(convolution, []).append(name)
+  return [(names, convolution) for convolution, names in groups.items()]
+
+
+def _release_convolutions(release: JsaRelease, model, image, spectrogram):
+  """{'image encoder': [(name, Convolution)], 'audio encoder': [...]}: every Conv2d of the
+  release's two encoders in the order it runs, its input shape seen by a forward hook."""
+  torch = release.torch
+  layers = {}
+  for encoder, module, x in (('image encoder', model.imgnet, image[:1]),
+                             ('audio encoder', model.audnet, spectrogram[:1])):
+    seen, hooks = [], []
+    for name, layer in module.named_modules():
+      if isinstance(layer, torch.nn.Conv2d):
+        if (layer.groups != 1 or layer.dilation != (1, 1) or len(set(layer.kernel_size)) != 1
+            or len(set(layer.stride)) != 1 or len(set(layer.padding)) != 1):
+          raise ValueError(f'{encoder} {name}: not a square ungrouped convolution')
+        hooks.append(layer.register_forward_hook(
+            lambda layer, inputs, _, name=name: seen.append((name, layer, inputs[0].shape))))
+    with torch.no_grad():
+      module.eval()
+      module(x)
+    for hook in hooks:
+      hook.remove()
+    layers[encoder] = [
+        (name, Convolution(height=shape[2], width=shape[3], channels=layer.in_channels,
+                           features=layer.out_channels, kernel=layer.kernel_size[0],
+                           stride=layer.stride[0], padding=layer.padding[0],
+                           input_gradient=index > 0))
+        for index, (name, layer, shape) in enumerate(seen)]
+  return layers
+
+
+def _convolution_inputs(convolution: Convolution, batch: int):
+  """Random NHWC input, HWIO kernel and NHWC output cotangent, float32."""
+  rng = np.random.default_rng(0)
+  c = convolution
+  x = rng.normal(size=(batch, c.height, c.width, c.channels)).astype(np.float32)
+  kernel = (rng.normal(size=(c.kernel, c.kernel, c.channels, c.features))
+            / np.sqrt(c.kernel ** 2 * c.channels)).astype(np.float32)
+  cotangent = rng.normal(size=(batch, *c.output_size, c.features)).astype(np.float32)
+  return x, kernel, cotangent
+
+
+def official_convolution(convolution: Convolution, batch: int):
+  """{'forward', 'input gradient', 'weight gradient'}: torch's calls on NCHW copies."""
+  import torch  # pylint: disable=g-import-not-at-top
+  c = convolution
+  x, kernel, cotangent = (_tensor(a.transpose(order)) for a, order in zip(
+      _convolution_inputs(c, batch), ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))))
+  stride, padding = [c.stride] * 2, [c.padding] * 2
+
+  def forward():
+    with torch.no_grad():
+      torch.nn.functional.conv2d(x, kernel, stride=c.stride, padding=c.padding)
+
+  def backward(mask):
+    return lambda: torch.ops.aten.convolution_backward(
+        cotangent, x, kernel, None, stride, padding, [1, 1], False, [0, 0], 1, mask)
+  calls = {'forward': forward, 'weight gradient': backward([False, True, False])}
+  if c.input_gradient:
+    calls['input gradient'] = backward([True, False, False])
+  return calls
+
+
+def avloc_convolution(convolution: Convolution, batch: int):
+  """The same calls for XLA's convolution as flax's nn.Conv lowers avloc's, jitted."""
+  c = convolution
+  x, kernel, cotangent = (jax.device_put(a) for a in _convolution_inputs(c, batch))
+  padding = ((c.padding, c.padding),) * 2
+
+  def conv(x, kernel):
+    return jax.lax.conv_general_dilated(x, kernel, (c.stride, c.stride), padding,
+                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  forward = jax.jit(conv)
+  input_gradient = jax.jit(lambda x, g: jax.vjp(lambda x: conv(x, kernel), x)[1](g))
+  weight_gradient = jax.jit(lambda k, g: jax.vjp(lambda k: conv(x, k), k)[1](g))
+  calls = {'forward': _done(lambda: forward(x, kernel)),
+           'weight gradient': _done(lambda: weight_gradient(kernel, cotangent))}
+  if c.input_gradient:
+    calls['input gradient'] = _done(lambda: input_gradient(x, cotangent))
+  return calls
+
+
+_OPERATIONS = ('forward', 'input gradient', 'weight gradient')
+
+
+def convolution_rows(encoders, batch: int, official=official_convolution,
+                     ours=avloc_convolution):
+  """Rows of the convolutions table for {encoder: [(name, Convolution)]}: per group of
+  equal layers, official / avloc ms of each operation (`common.interleaved`) and avloc's
+  speed; then each encoder's total and the total of all, weighted by the layers' counts.
+  official, ours: (Convolution, batch) -> {operation: call}."""
+  rows, grand = [], {}
+  for encoder, layers in encoders.items():
+    totals = {}
+    for names, convolution in group_convolutions(layers):
+      calls = {'official': official(convolution, batch), 'avloc': ours(convolution, batch)}
+      cells = []
+      for operation in _OPERATIONS:
+        if operation not in calls['official']:
+          cells.append('-')
+          continue
+        seconds = common.interleaved({side: calls[side][operation] for side in calls},
+                                     _REPEATS.value)
+        for side in calls:
+          for total in (totals, grand):
+            total[side, operation] = (total.get((side, operation), 0.0)
+                                      + len(names) * seconds[side].wall)
+        cells.append((seconds['official'].wall, seconds['avloc'].wall))
+      c = convolution
+      rows.append([encoder, names[0] + (f' (x{len(names)})' if len(names) > 1 else ''),
+                   f'{c.height}x{c.width}x{c.channels}', f'{c.kernel}x{c.kernel}/{c.stride}',
+                   c.features, f'{len(names) * c.flops(batch) / 1e9:.1f}',
+                   *_speed_cells(cells)])
+    rows.append([encoder, 'all', '', '', '', '', *_speed_cells(_total_cells(totals))])
+  rows.append(['both', 'all', '', '', '', '', *_speed_cells(_total_cells(grand))])
+  return rows
+
+
+def _total_cells(totals):
+  return [(totals['official', operation], totals['avloc', operation])
+          if ('official', operation) in totals else '-' for operation in _OPERATIONS]
+
+
+def _speed_cells(cells):
+  """(official s, avloc s) or '-' per operation -> the ms cells, then avloc's speeds."""
+  return ([cell if cell == '-' else f'{1e3 * cell[0]:.1f} / {1e3 * cell[1]:.1f}'
+           for cell in cells]
+          + [cell if cell == '-' else f'{cell[0] / cell[1]:.2f}x' for cell in cells])
+
+
+def convolution_table(release: JsaRelease, batch: int):
+  config = _jsa_config(batch)
+  _, (image, spectrogram) = _jsa_inputs(np.random.default_rng(0), 1, config)
+  encoders = _release_convolutions(release, release.model(batch), image, spectrogram)
+  common.print_table(
+      f"JSA's convolutions alone, batch {batch}: official (torch {release.torch.__version__}, "
+      f'{release.torch.get_num_threads()} threads) vs avloc (jax {jax.__version__}, '
+      f'{platform.describe()}), ms official / avloc, medians of {_REPEATS.value}; '
+      f'{common.load_average()}',
+      ['encoder', 'layer', 'input HxWxC', 'kernel/stride', 'features', 'GFLOP',
+       'forward ms', 'input grad ms', 'weight grad ms', 'forward speed', 'input grad speed',
+       'weight grad speed'],
+      convolution_rows(encoders, batch))
 
 
 def _torch_setup(torch) -> str:
@@ -428,6 +622,8 @@ def main(argv):
       print(f'NoPrior not timed: the release builds its encoders with torchvision\'s '
             f'resnet18 (model_base.py), and torchvision does not import here ({error})')
   jsa_tables(jsa)
+  if _CONVOLUTIONS.value:
+    convolution_table(jsa, _CONVOLUTIONS.value)
   if noprior is not None:
     noprior_table(noprior)
 
