@@ -426,7 +426,8 @@ def _convolution_inputs(convolution: Convolution, batch: int):
 
 
 def official_convolution(convolution: Convolution, batch: int):
-  """{'forward', 'input gradient', 'weight gradient'}: torch's calls on NCHW copies."""
+  """{'forward', 'input gradient', 'weight gradient'}: torch's calls on NCHW copies
+  (each returns its result: the output, or convolution_backward's tuple)."""
   import torch  # pylint: disable=g-import-not-at-top
   c = convolution
   x, kernel, cotangent = (_tensor(a.transpose(order)) for a, order in zip(
@@ -435,7 +436,7 @@ def official_convolution(convolution: Convolution, batch: int):
 
   def forward():
     with torch.no_grad():
-      torch.nn.functional.conv2d(x, kernel, stride=c.stride, padding=c.padding)
+      return torch.nn.functional.conv2d(x, kernel, stride=c.stride, padding=c.padding)
 
   def backward(mask):
     return lambda: torch.ops.aten.convolution_backward(

@@ -35,14 +35,10 @@ for name, call in calls.items():
   value = call()
   if side == 'avloc':
     value = np.asarray(value[0] if isinstance(value, tuple) else value)
-  elif name == 'forward':  # torch's forward runs under no_grad and returns nothing
-    import torch
-    xt, kt = (torch.from_numpy(np.ascontiguousarray(a.transpose(o)))
-              for a, o in ((x, (0, 3, 1, 2)), (kernel, (3, 2, 0, 1))))
-    value = torch.nn.functional.conv2d(xt, kt, stride=2, padding=1).numpy().transpose(0, 2, 3, 1)
-  else:
-    value = next(v for v in value if v is not None).numpy()
-    value = value.transpose((0, 2, 3, 1) if name == 'input gradient' else (2, 3, 1, 0))
+  else:  # NCHW / OIHW
+    if name != 'forward':  # convolution_backward's (input, weight, bias) gradients
+      value = next(v for v in value if v is not None)
+    value = value.numpy().transpose((2, 3, 1, 0) if name == 'weight gradient' else (0, 2, 3, 1))
   out[name] = value.tolist()
 print('CALLS ' + json.dumps(out))
 '''
