@@ -2,10 +2,12 @@
 
 import contextlib
 import dataclasses
+import json
 import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -65,6 +67,30 @@ def interleaved(calls: dict[str, Callable[[], object]], repeats: int,
                               - before.ru_stime, after.ru_minflt - before.ru_minflt))
   return {name: Timing(*(statistics.median(s[i] for s in values) for i in range(3)))
           for name, values in samples.items()}
+
+
+_RESULT = 'RESULT '
+
+
+def print_result(result: dict) -> None:
+  """A child process's answer to `child_result`: one line of JSON."""
+  print(_RESULT + json.dumps(result), flush=True)
+
+
+def child_result(script: str, argv: list[str], environ: dict) -> dict:
+  """Runs `script` with `argv` in a fresh Python process (in the repository root, with
+  `environ` added to this process's environment) and returns what it `print_result`ed."""
+  out = subprocess.run([sys.executable, os.path.abspath(script), *argv],
+                       env={**os.environ, **environ}, cwd=REPO, check=True,
+                       capture_output=True, text=True).stdout
+  return json.loads(next(line[len(_RESULT):] for line in out.splitlines()
+                         if line.startswith(_RESULT)))
+
+
+def timing_result(timing: Timing, described: str) -> dict:
+  """`Timing` as `print_result` sends it, with the settings in effect."""
+  return {'wall': timing.wall, 'cpu': timing.cpu, 'faults': timing.faults,
+          'described': described}
 
 
 def load_average() -> str:

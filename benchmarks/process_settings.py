@@ -19,10 +19,8 @@ gain over rounds, their range, and page faults per step.
 """
 
 import ctypes
-import json
 import os
 import statistics
-import subprocess
 import sys
 
 _ONE_ARENA = 'AVLOC_BENCHMARK_ONE_ARENA'
@@ -52,8 +50,6 @@ SWITCHED_OFF = {
     'asynchronous dispatch': {'JAX_CPU_ENABLE_ASYNC_DISPATCH': 'true'},
     "glibc's defaults, asynchronous dispatch": {'AVLOC_KEEP_FREED_MEMORY': '0'},
 }
-_RESULT = 'RESULT '
-
 
 def time_step() -> dict:
   """Medians of this process's train step: wall and CPU seconds, minor page faults."""
@@ -62,18 +58,13 @@ def time_step() -> dict:
   setup = common.train_setup(config, _BATCH_SIZE.value)
   timing = common.interleaved({'step': common.TrainStepCall(setup)}, _STEPS.value,
                               warmup=_WARMUP.value)['step']
-  return {'wall': timing.wall, 'cpu': timing.cpu, 'faults': timing.faults,
-          'described': platform.describe()}
+  return common.timing_result(timing, platform.describe())
 
 
 def run_child(environ: dict) -> dict:
   """`time_step` in a fresh process with `environ` added to this one's environment."""
   argv = [a for a in sys.argv[1:] if not a.startswith('--child')]
-  out = subprocess.run([sys.executable, os.path.abspath(__file__), *argv, '--child'],
-                       env={**os.environ, **environ}, check=True, capture_output=True,
-                       text=True).stdout
-  return json.loads(next(line[len(_RESULT):] for line in out.splitlines()
-                         if line.startswith(_RESULT)))
+  return common.child_result(__file__, [*argv, '--child'], environ)
 
 
 def gain_rows(rounds: list[dict[str, dict]]) -> list[list]:
@@ -98,7 +89,7 @@ def gain_rows(rounds: list[dict[str, dict]]) -> list[list]:
 def main(argv):
   del argv
   if _CHILD.value:
-    print(_RESULT + json.dumps(time_step()), flush=True)
+    common.print_result(time_step())
     return
   if jax.default_backend() != 'cpu' or not platform.cpu_is_default():
     raise app.UsageError('process_settings.py times avloc\'s CPU settings: run it on a CPU.')

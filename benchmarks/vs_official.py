@@ -29,6 +29,12 @@ does), the paper's sizes (224 px frames, 5 s of audio).
     batch 1, with 'agree' checking that the 7x7 cross-modal maps match.
 `--changes` adds a table of avloc's CPU speed-ups, each switched off in turn at the
 first batch size (their ratio to the default step is what each one gains).
+`--fresh_processes=R` adds the train-step rows timed once more with each side alone in a
+fresh process of its own, the two taking turns for R rounds (ratios per round, then their
+median and range): in the one process of the rows above the two frameworks share glibc's
+heap (with avloc's allocator settings, `avloc.platform`) and the caches, which moved each
+side's step by a quarter or more on an AVX-512 VM, in either direction
+(benchmarks/RESULTS.md); the release's process keeps glibc's defaults.
 `--convolutions=B` adds a table of every convolution of the release's two encoders alone at
 batch B (layers of one shape timed once, counted as often as they occur): its forward, its
 input gradient (not for the stems, whose input is data) and its weight gradient, torch's
@@ -61,6 +67,7 @@ import importlib
 import importlib.machinery
 import io
 import os
+import statistics
 import sys
 import types
 import warnings
@@ -84,6 +91,12 @@ _CHANGES = flags.DEFINE_bool('changes', False, 'Also time each CPU speed-up swit
 _CONVOLUTIONS = flags.DEFINE_integer(
     'convolutions', 0, "Batch of a table timing each of the JSA encoders' convolutions alone "
     '(0: no table).', lower_bound=0)
+_FRESH_PROCESSES = flags.DEFINE_integer(
+    'fresh_processes', 0, 'Rounds of the train-step rows with each side alone in a fresh '
+    'process (0: none).', lower_bound=0)
+_CHILD = flags.DEFINE_enum('child', '', ['', 'official', 'avloc'],
+                           "Internal: time this side's train step at --child_batch alone.")
+_CHILD_BATCH = flags.DEFINE_integer('child_batch', 8, 'Internal: the batch of --child.')
 _THREADS = flags.DEFINE_integer('torch_threads', 0, 'torch threads (0: every core).')
 _OMP_WAIT_POLICY = flags.DEFINE_enum(
     'omp_wait_policy', 'PASSIVE', ['PASSIVE', 'ACTIVE', 'default'],
@@ -347,6 +360,68 @@ def jsa_tables(release: JsaRelease):
         change_rows)
 
 
+# ------------------------------------------------------- JSA in fresh processes
+
+
+def child_train_step(side: str, checkout: str, batch_size: int) -> dict:
+  """This process times `side`'s JSA train step alone (random weights and inputs; a
+  warm-up step, then --repeats steps): `common.timing_result`."""
+  if side == 'official':
+    release = JsaRelease(checkout)
+    release.torch.set_num_threads(_THREADS.value or os.cpu_count())
+    _, theirs = _jsa_inputs(np.random.default_rng(0), batch_size, _jsa_config(batch_size))
+    step = release.train_step(release.model(batch_size), *theirs)
+    described = _torch_setup(release.torch)
+  else:
+    step = common.TrainStepCall(common.train_setup(_jsa_config(batch_size), batch_size))
+    described = f'jax {jax.__version__}, {platform.describe()}'
+  timing = common.interleaved({side: step}, _REPEATS.value)[side]
+  return common.timing_result(timing, described)
+
+
+# The release's process: glibc's allocator defaults, as when it runs on its own.
+_CHILD_ENVIRONMENT = {'official': {'AVLOC_KEEP_FREED_MEMORY': '0'}, 'avloc': {}}
+
+
+def fresh_process_rows(checkout: str, batch_sizes: list[int], rounds: int):
+  """Rows of the fresh-process table, and the two sides' settings: per batch size,
+  `rounds` rounds of one official and one avloc process (`child_train_step`); medians of
+  their step times, the median and range of the per-round speed ratios, the CPU-time
+  ratio and page faults per step."""
+  rows, described = [], {}
+  for batch_size in batch_sizes:
+    results = []
+    for _ in range(rounds):
+      results.append({side: common.child_result(
+          __file__, [checkout, f'--child={side}', f'--child_batch={batch_size}',
+                     f'--repeats={_REPEATS.value}', f'--torch_threads={_THREADS.value}'],
+          environ) for side, environ in _CHILD_ENVIRONMENT.items()})
+    described = {side: results[0][side]['described'] for side in _CHILD_ENVIRONMENT}
+
+    def median(side, key, results=results):
+      return statistics.median(r[side][key] for r in results)
+    speeds = [r['official']['wall'] / r['avloc']['wall'] for r in results]
+    rows.append([
+        'JSA train step', batch_size, f'{median("official", "wall"):.3f}',
+        f'{median("avloc", "wall"):.3f}',
+        f'{statistics.median(speeds):.2f}x ({min(speeds):.2f}-{max(speeds):.2f})',
+        f'{median("official", "cpu") / median("avloc", "cpu"):.2f}x',
+        f'{median("official", "faults") / 1e3:.0f}k / {median("avloc", "faults") / 1e3:.0f}k'])
+  return rows, described
+
+
+def fresh_process_table(checkout: str):
+  rows, described = fresh_process_rows(checkout, list(map(int, _BATCH_SIZES.value)),
+                                       _FRESH_PROCESSES.value)
+  common.print_table(
+      f'JSA, each side alone in a fresh process, taking turns for {_FRESH_PROCESSES.value} '
+      f'rounds: official release ({described["official"]}, glibc\'s allocator defaults) vs '
+      f'avloc ({described["avloc"]}); medians of {_REPEATS.value} steps per process; '
+      f'{common.load_average()}',
+      ['operation', 'batch', 'official s', 'avloc s', 'avloc speed (range)',
+       'CPU-time ratio', 'page faults'], rows)
+
+
 # ---------------------------------------------------------------- JSA convolutions
 
 
@@ -604,6 +679,9 @@ def noprior_table(release: NoPriorRelease):
 def main(argv):
   if len(argv) != 2:
     raise app.UsageError('usage: vs_official.py OFFICIAL_JSA_DIR [--noprior=DIR] [flags]')
+  if _CHILD.value:
+    common.print_result(child_train_step(_CHILD.value, argv[1], _CHILD_BATCH.value))
+    return
   if _OMP_WAIT_POLICY.value != 'default':
     os.environ.setdefault('OMP_WAIT_POLICY', _OMP_WAIT_POLICY.value)  # before torch loads
   try:
@@ -623,6 +701,8 @@ def main(argv):
       print(f'NoPrior not timed: the release builds its encoders with torchvision\'s '
             f'resnet18 (model_base.py), and torchvision does not import here ({error})')
   jsa_tables(jsa)
+  if _FRESH_PROCESSES.value:
+    fresh_process_table(argv[1])
   if _CONVOLUTIONS.value:
     convolution_table(jsa, _CONVOLUTIONS.value)
   if noprior is not None:

@@ -76,3 +76,15 @@ def test_k_within_batch(common):
   assert common.k_within_batch(jsa.get_config('vggsound_144k'), 64).loss.k == 20
   config = noprior.get_config()
   assert common.k_within_batch(config, 8).to_dict() == noprior.get_config().to_dict()
+
+
+def test_child_result_reads_the_line_a_fresh_process_printed(common, tmp_path):
+  script = tmp_path / 'child.py'
+  script.write_text(
+      'import json, os, sys\n'
+      'print("compiling")\n'
+      'print("RESULT " + json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd(),\n'
+      '                              "value": os.environ["AVLOC_TEST_VALUE"]}))\n'
+      'print("done")\n')
+  result = common.child_result(str(script), ['--a=1', 'b'], {'AVLOC_TEST_VALUE': 'x y'})
+  assert result == {'argv': ['--a=1', 'b'], 'cwd': common.REPO, 'value': 'x y'}

@@ -189,3 +189,42 @@ def test_a_convolution_the_table_cannot_time_is_named():
       "except ValueError as error:\n  print('CALLS ' + json.dumps(str(error)))\n  sys.exit()")
   out, _ = run_stubbed(code, 'oblong')
   assert out == 'audio encoder 1: not a square ungrouped convolution'
+
+
+# common.child_result stubbed: each child answers with the seconds below, per side and
+# batch, and faults per round.
+_FRESH = _PRELUDE + '''
+WALL = {('official', 8): [2.0, 2.2], ('avloc', 8): [1.6, 2.2],
+        ('official', 16): [4.0, 4.4], ('avloc', 16): [5.0, 4.0]}
+calls = []
+
+def child_result(script, argv, environ):
+  side = argv[1].split('=')[1]
+  batch = int(argv[2].split('=')[1])
+  round_ = sum(c[1][1] == argv[1] and c[1][2] == argv[2] for c in calls)
+  calls.append([script.endswith('vs_official.py'), argv, environ])
+  wall = WALL[side, batch][round_]
+  return {'wall': wall, 'cpu': 2 * wall + (side == 'official'), 'faults': 1000.0 * round_,
+          'described': side + ' settings'}
+
+vs_official.common.child_result = child_result
+rows, described = vs_official.fresh_process_rows('CHECKOUT', [8, 16], rounds=2)
+print('CALLS ' + json.dumps({'calls': calls, 'rows': rows, 'described': described}))
+'''
+
+
+def test_fresh_processes_take_turns_and_the_release_keeps_glibc_defaults():
+  out, _ = run_stubbed(_FRESH)
+  calls = out['calls']
+  assert all(is_script for is_script, _, _ in calls)
+  assert [argv[1:3] for _, argv, _ in calls] == [
+      ['--child=official', '--child_batch=8'], ['--child=avloc', '--child_batch=8']] * 2 + [
+      ['--child=official', '--child_batch=16'], ['--child=avloc', '--child_batch=16']] * 2
+  assert all(argv[0] == 'CHECKOUT' and '--repeats=3' in argv for _, argv, _ in calls)
+  assert [environ for _, _, environ in calls[:2]] == [{'AVLOC_KEEP_FREED_MEMORY': '0'}, {}]
+  assert out['described'] == {'official': 'official settings', 'avloc': 'avloc settings'}
+  # batch 8: speeds 2.0 / 1.6 = 1.25 and 2.2 / 2.2 = 1.00; medians 2.1 and 1.9 s;
+  # CPU 5.2 / 3.8; batch 16: speeds 0.80 and 1.10, CPU 9.4 / 9.0.
+  assert out['rows'] == [
+      ['JSA train step', 8, '2.100', '1.900', '1.12x (1.00-1.25)', '1.37x', '0k / 0k'],
+      ['JSA train step', 16, '4.200', '4.500', '0.95x (0.80-1.10)', '1.04x', '0k / 0k']]
