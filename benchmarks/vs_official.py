@@ -411,7 +411,9 @@ def fresh_process_rows(checkout: str, batch_sizes: list[int], rounds: int):
 
 
 def fresh_process_table(checkout: str):
-  rows, described = fresh_process_rows(checkout, list(map(int, _BATCH_SIZES.value)),
+  # The children run in the repository root: a relative checkout would point elsewhere.
+  rows, described = fresh_process_rows(os.path.abspath(checkout),
+                                       list(map(int, _BATCH_SIZES.value)),
                                        _FRESH_PROCESSES.value)
   common.print_table(
       f'JSA, each side alone in a fresh process, taking turns for {_FRESH_PROCESSES.value} '
