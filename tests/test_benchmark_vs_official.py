@@ -47,7 +47,7 @@ print('CALLS ' + json.dumps(out))
 def _reference(x, kernel, cotangent, stride, padding):
   """The convolution, its input gradient and its weight gradient by loops over the
   output positions (NHWC, HWIO)."""
-  batch, height, width, _ = x.shape
+  height, width = x.shape[1:3]
   k = kernel.shape[0]
   padded = np.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
   out_h, out_w = cotangent.shape[1:3]
@@ -61,7 +61,6 @@ def _reference(x, kernel, cotangent, stride, padding):
       input_gradient[:, i * stride:i * stride + k, j * stride:j * stride + k] += np.einsum(
           'bo,hwco->bhwc', cotangent[:, i, j], kernel)
       weight_gradient += np.einsum('bhwc,bo->hwco', window, cotangent[:, i, j])
-  assert batch == x.shape[0]
   return {'forward': forward, 'weight gradient': weight_gradient,
           'input gradient': input_gradient[:, padding:padding + height, padding:padding + width]}
 
@@ -164,10 +163,14 @@ model = types.SimpleNamespace(
 release = types.SimpleNamespace(torch=torch)
 if sys.argv[1] == 'oblong':
   model.audnet[1] = conv(4, 8, (1, 3), 2, 0)
-layers = vs_official._release_convolutions(
-    release, model, torch.zeros(2, 3, 20, 24), torch.zeros(2, 1, 30, 16))
-print('CALLS ' + json.dumps({encoder: [[name, list(vars(c).values())] for name, c in convs]
-                             for encoder, convs in layers.items()}))
+try:
+  layers = vs_official._release_convolutions(
+      release, model, torch.zeros(2, 3, 20, 24), torch.zeros(2, 1, 30, 16))
+except ValueError as error:
+  print('CALLS ' + json.dumps(str(error)))
+else:
+  print('CALLS ' + json.dumps({encoder: [[name, list(vars(c).values())] for name, c in convs]
+                               for encoder, convs in layers.items()}))
 '''
 
 
@@ -183,11 +186,7 @@ def test_the_release_encoders_convolutions_are_read_with_their_input_shapes():
 
 @_TORCH
 def test_a_convolution_the_table_cannot_time_is_named():
-  code = _LAYERS.replace('layers = vs_official', 'try:\n  layers = vs_official').replace(
-      "    release, model, torch.zeros(2, 3, 20, 24), torch.zeros(2, 1, 30, 16))",
-      "    release, model, torch.zeros(2, 3, 20, 24), torch.zeros(2, 1, 30, 16))\n"
-      "except ValueError as error:\n  print('CALLS ' + json.dumps(str(error)))\n  sys.exit()")
-  out, _ = run_stubbed(code, 'oblong')
+  out, _ = run_stubbed(_LAYERS, 'oblong')
   assert out == 'audio encoder 1: not a square ungrouped convolution'
 
 
